@@ -1,0 +1,1 @@
+"""Model definitions: mixer families, FFNs, the HF model and its cache."""

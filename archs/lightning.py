@@ -1,0 +1,114 @@
+"""`lightning`: MiniMax-01 lightning attention, exact (REFERENCES.md; HF `MiniMaxLightningAttention`).
+
+    q, k, v = SiLU(qkv_proj(x))                 per head [q | k | v], no 1/sqrt(D) scale
+    o       = linear attention with per-head decay exp(-s_h)   (kernels/lightning_attention.py)
+    y       = o_proj(sigmoid(output_gate(x)) * RMSNorm_{H*D}(o))
+
+Parameter names and shapes equal HF's, except HF's `out_proj` is our `o_proj` (the base class
+owns the projection), so weights copy 1:1. The norm and the gate belong to `heads()`, so an
+intra-layer hybrid gets them per part and only the projection is shared.
+
+The cache is one fp32 state [B, H, D, D] per layer (`RecurrentState`), whatever the sequence
+length. Prefill and chunked prefill run the block form from that state; a single decode token
+runs the recurrent form. Note: HF's lightning norm ignores `config.rms_norm_eps` (it is built
+with the default 1e-6 while MiniMaxConfig's default is 1e-5); set `rms_norm_eps=1e-6` here to
+match a MiniMax checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernels.lightning_attention import lightning_chunked, lightning_implied_map, lightning_recurrent
+from .mixer import Mixer, dtype_bytes
+from .norms import RMSNorm
+from .registry import register_mixer
+from .specs import MixerSpec, check_positive_int
+from .state import LayerState, RecurrentState
+
+
+@dataclass
+class LightningSpec(MixerSpec):
+    type: str = "lightning"
+    num_heads: int = 4
+    head_dim: int = 32
+    block_size: int = 256  # prefill block length; changes speed, not results
+    rms_norm_eps: float = 1e-6
+
+    def validate(self, where: str) -> None:
+        for name in ("num_heads", "head_dim", "block_size"):
+            check_positive_int(getattr(self, name), where, name)
+        eps = self.rms_norm_eps
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+            raise ValueError(f"{where}.rms_norm_eps = {eps!r}: must be a positive number")
+
+
+def minimax_slopes(num_heads: int, layer_idx: int, num_layers: int, device=None) -> torch.Tensor:
+    """Per-head decay rates s_h [H] (fp32), computed exactly as HF's `get_slope_rate`.
+
+    s_h = (2^(-8/H))^(h+1) * (1 - l/(L-1+1e-5) + 1e-5): ALiBi-style geometric rates, shrunk
+    linearly with depth so the last layer barely decays (its factor is ~1e-5).
+    """
+    base = 1 / (2 ** (8 / num_heads))
+    exponent = torch.arange(num_heads, device=device) + 1
+    factor = 1 - layer_idx / (num_layers - 1 + 1e-5) + 1e-5
+    return (base**exponent) * factor
+
+
+@register_mixer("lightning", LightningSpec)
+class LightningAttention(Mixer):
+    def __init__(self, spec: LightningSpec, layer_idx, num_layers, hidden_size, output_projection=True):
+        super().__init__(spec, layer_idx, num_layers, hidden_size, output_projection)
+        h, d = spec.num_heads, spec.head_dim
+        self.num_heads, self.head_dim, self.head_out_dim = h, d, d
+        self.qkv_proj = nn.Linear(hidden_size, 3 * h * d, bias=False)
+        self.output_gate = nn.Linear(hidden_size, h * d, bias=False)
+        self.norm = RMSNorm(h * d, spec.rms_norm_eps)
+        if output_projection:
+            self.o_proj = nn.Linear(h * d, hidden_size, bias=False)
+        self.init_head_mask()
+
+    def slope(self, device) -> torch.Tensor:
+        # Recomputed per call rather than held as a buffer: `model.to(bfloat16)` would round a
+        # buffer, and a rate off by 0.4% compounds into exp(-s t) errors that grow with t.
+        return minimax_slopes(self.num_heads, self.layer_idx, self.num_layers, device)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, D] -> q, k, v [B, T, H, Dh]."""
+        b, t, _ = x.shape
+        qkv = F.silu(self.qkv_proj(x)).view(b, t, self.num_heads, 3 * self.head_dim)
+        q, k, v = qkv.split(self.head_dim, dim=-1)
+        return q, k, v
+
+    def heads(self, x, state, positions):
+        b, t, _ = x.shape
+        q, k, v = self.project(x)  # [B, T, H, Dh]
+        initial = None if state is None else state.read()  # [B, H, Dh, Dh] fp32 | None
+        slope = self.slope(x.device)
+        if t == 1:
+            # Decode: one state update. For t > 1 a single block (three matmuls) beats a t-step loop.
+            o, final = lightning_recurrent(q, k, v, slope, initial)
+        else:
+            o, final = lightning_chunked(q, k, v, slope, initial, self.spec.block_size)
+        if state is not None:
+            state.write(final)
+        o = self.norm(o.reshape(b, t, -1))  # [B, T, H*Dh], one RMS over all heads (as HF)
+        o = torch.sigmoid(self.output_gate(x)) * o
+        return o.view(b, t, self.num_heads, self.head_dim)  # [B, T, H, Dh]
+
+    def new_state(self, batch: int, dtype: torch.dtype) -> LayerState:
+        return RecurrentState()
+
+    def state_bytes(self, seq_len: int, dtype: torch.dtype) -> int:
+        if seq_len == 0:
+            return 0  # nothing is allocated before the first token
+        # fp32 whatever the model dtype (float64 models keep float64): see kernels/lightning_attention.py.
+        return self.num_heads * self.head_dim * self.head_dim * max(4, dtype_bytes(dtype))
+
+    def attention_map(self, x, positions=None):
+        q, k, _ = self.project(x)
+        return lightning_implied_map(q, k, self.slope(x.device))  # [B, H, T, T], unnormalised, signed

@@ -1,0 +1,75 @@
+"""The mixer protocol (DESIGN.md "archs: mixers and the model") and the base every family shares.
+
+    y, state = mixer(x, state=None, positions=None)   # x [B, T, D]
+    mixer.new_state(batch, dtype)
+    mixer.state_bytes(seq_len, dtype)
+    mixer.attention_map(x)                             # [B, H, T, T]
+    mixer.head_mask                                    # [H] per-head multiplier (ablation)
+
+A family implements `heads(x, state, positions) -> o [B, T, H, Dv]` (everything before the output
+projection, per head). The base applies `head_mask` and the output projection; an intra-layer
+hybrid builds its parts with `output_projection=False` and concatenates their `heads` outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .state import LayerState
+
+
+class Mixer(nn.Module):
+    mixer_type = "base"
+    num_heads: int
+    head_out_dim: int  # Dv, the per-head width of `heads()` output
+
+    def __init__(self, spec, layer_idx: int, num_layers: int, hidden_size: int, output_projection: bool):
+        super().__init__()
+        self.spec = spec
+        self.layer_idx = layer_idx
+        self.num_layers = num_layers
+        self.hidden_size = hidden_size
+        self.output_projection = output_projection
+
+    def init_head_mask(self) -> None:
+        """Call at the end of a family's __init__, once num_heads is known."""
+        self.register_buffer("head_mask", torch.ones(self.num_heads), persistent=False)
+
+    # --- protocol -------------------------------------------------------------------------
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: LayerState | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, LayerState | None]:
+        b, t, _ = x.shape
+        if positions is None:
+            start = 0 if state is None else state.seq_len
+            positions = torch.arange(start, start + t, device=x.device).expand(b, t)
+        o = self.masked_heads(x, state, positions)  # [B, T, H*Dv]
+        if state is not None:
+            state.advance(t)
+        return (self.o_proj(o) if self.output_projection else o), state
+
+    def masked_heads(self, x, state, positions) -> torch.Tensor:
+        """heads() times head_mask, flattened: [B, T, H*Dv]."""
+        o = self.heads(x, state, positions)  # [B, T, H, Dv]
+        return (o * self.head_mask.to(o.dtype)[:, None]).flatten(2)
+
+    def heads(self, x, state, positions) -> torch.Tensor:
+        raise NotImplementedError
+
+    def new_state(self, batch: int, dtype: torch.dtype) -> LayerState:
+        raise NotImplementedError
+
+    def state_bytes(self, seq_len: int, dtype: torch.dtype) -> int:
+        """Exact bytes this layer's cache holds for ONE sequence after `seq_len` tokens."""
+        raise NotImplementedError
+
+    def attention_map(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def dtype_bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()

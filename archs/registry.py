@@ -1,0 +1,64 @@
+"""Mixer registry: a family is one file that calls `@register_mixer("name", Spec)` on its class."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+_MIXERS: dict[str, tuple[type, type]] = {}
+
+
+def register_mixer(name: str, spec_cls: type):
+    """Class decorator: registers a mixer class and its spec dataclass under `name`."""
+
+    def wrap(cls):
+        assert name not in _MIXERS, f"mixer type {name!r} registered twice"
+        _MIXERS[name] = (cls, spec_cls)
+        cls.mixer_type = name
+        return cls
+
+    return wrap
+
+
+def mixer_types() -> list[str]:
+    return sorted(_MIXERS)
+
+
+def _lookup(type_name: Any, where: str) -> tuple[type, type]:
+    if type_name not in _MIXERS:
+        raise ValueError(f"{where}.type = {type_name!r} is not a mixer type; allowed: {', '.join(mixer_types())}")
+    return _MIXERS[type_name]
+
+
+def resolve_spec(spec: dict | Any, defaults: dict, where: str):
+    """Turn a user's spec dict into the family's validated spec dataclass.
+
+    `defaults` carries model-wide values (heads, head_dim, rope_theta, …) used for fields the
+    spec leaves unset; `where` names the spec in error messages (e.g. "layers[3]").
+    """
+    if dataclasses.is_dataclass(spec):
+        spec = spec_to_dict(spec)
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where} must be a dict with a 'type' key, got {type(spec).__name__}")
+    if "type" not in spec:
+        raise ValueError(f"{where} has no 'type'; allowed types: {', '.join(mixer_types())}")
+    _, spec_cls = _lookup(spec["type"], where)
+    fields = {f.name for f in dataclasses.fields(spec_cls)}
+    unknown = sorted(set(spec) - fields)
+    if unknown:
+        raise ValueError(
+            f"{where} ({spec['type']}) has unknown field(s) {unknown}; allowed: {', '.join(sorted(fields))}"
+        )
+    values = {k: v for k, v in defaults.items() if k in fields}
+    values.update({k: v for k, v in spec.items() if v is not None})
+    return spec_cls.build(values, where)
+
+
+def spec_to_dict(spec) -> dict:
+    return dataclasses.asdict(spec)
+
+
+def build_mixer(spec, layer_idx: int, num_layers: int, hidden_size: int, output_projection: bool = True):
+    mixer_cls, _ = _lookup(spec.type, "spec")
+    return mixer_cls(spec, layer_idx=layer_idx, num_layers=num_layers, hidden_size=hidden_size,
+                     output_projection=output_projection)

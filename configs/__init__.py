@@ -1,0 +1,1 @@
+"""configs — see DESIGN.md; filled in by later issues."""

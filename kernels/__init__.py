@@ -1,0 +1,1 @@
+"""Attention ops: plain-torch references and fast paths (DESIGN.md "kernels")."""

@@ -1,0 +1,1 @@
+"""probes — see DESIGN.md; filled in by later issues."""

@@ -1,0 +1,1 @@
+"""serve — see DESIGN.md; filled in by later issues."""

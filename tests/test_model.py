@@ -1,0 +1,116 @@
+"""Model-level invariants for every mixer family and the hybrids (issue: foundation).
+
+References are independent of the cached path: the plain full-sequence forward without a cache,
+and a greedy decoding loop that re-runs the whole prefix each step.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from variants import VARIANTS, tiny_config
+
+from attnlab import AttnLabForCausalLM
+
+NAMES = list(VARIANTS)
+
+
+def build(name: str, dtype=torch.float32, seed: int = 0, **overrides) -> AttnLabForCausalLM:
+    torch.manual_seed(seed)
+    return AttnLabForCausalLM(tiny_config(name, **overrides)).to(dtype).eval()
+
+
+def random_splits(total: int, gen: torch.Generator) -> list[int]:
+    cuts = sorted(torch.randperm(total - 1, generator=gen)[:3].add(1).tolist())
+    bounds = [0, *cuts, total]
+    return [b - a for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_causal(name):
+    model = build(name)
+    x = torch.randint(0, 64, (2, 13))
+    y = x.clone()
+    y[:, 7:] = torch.randint(0, 64, (2, 6))
+    with torch.no_grad():
+        a = model(x, use_cache=False).logits
+        b = model(y, use_cache=False).logits
+    torch.testing.assert_close(a[:, :7], b[:, :7], rtol=0, atol=1e-6)
+    assert (a[:, 7:] - b[:, 7:]).abs().max() > 1e-4  # the future does reach later positions
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_prefill_chunks_and_decode_equal_full_forward(name):
+    model = build(name)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 64, (2, 17), generator=gen)
+    with torch.no_grad():
+        full = model(x, use_cache=False).logits
+        for _ in range(3):
+            cache, outs, at = model.new_cache(2), [], 0
+            for n in random_splits(x.shape[1], gen):
+                outs.append(model(x[:, at : at + n], cache=cache).logits)
+                at += n
+            assert (torch.cat(outs, 1) - full).abs().max().item() <= 1e-5
+        cache = model.new_cache(2)
+        steps = [model(x[:, i : i + 1], cache=cache).logits for i in range(x.shape[1])]
+    assert (torch.cat(steps, 1) - full).abs().max().item() <= 1e-5
+    assert cache.get_seq_length() == x.shape[1]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_are_finite_and_reach_every_parameter(name):
+    model = build(name).train()
+    x = torch.randint(0, 64, (2, 11))
+    model(x, labels=x).loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck_float64(name):
+    model = build(name, dtype=torch.float64, hidden_size=8, num_attention_heads=4, num_key_value_heads=2,
+                  head_dim=2, intermediate_size=8)
+    emb = torch.randn(1, 5, 8, dtype=torch.float64, requires_grad=True)
+
+    def f(e):
+        return model(inputs_embeds=e, use_cache=False).logits
+
+    assert torch.autograd.gradcheck(f, (emb,), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_bytes_equal_cache_bytes_after_prefill(name):
+    model = build(name)
+    for seq_len in (1, 5, 19):
+        x = torch.randint(0, 64, (3, seq_len))
+        cache = model.new_cache(3)
+        with torch.no_grad():
+            model(x, cache=cache)
+        assert cache.nbytes() == 3 * model.state_bytes(seq_len, torch.float32), seq_len
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_load_round_trip_gives_identical_logits(name, tmp_path):
+    model = build(name)
+    x = torch.randint(0, 64, (2, 9))
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = AttnLabForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, model(x).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cached_generate_equals_greedy_loop_without_cache(name):
+    model = build(name)
+    x = torch.randint(0, 64, (2, 6))
+    with torch.no_grad():
+        out = model.generate(x, max_new_tokens=10, do_sample=False, min_new_tokens=10)
+        ids = x
+        for _ in range(10):
+            nxt = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=1)
+    assert torch.equal(out, ids)

@@ -1,0 +1,57 @@
+"""The distribution builds as a wheel whose only top-level package is `attnlab`, and every module
+imports from the installed wheel (not from the source tree)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = ["attnlab", "archs", "kernels", "train", "probes", "evals", "serve", "configs"]
+
+
+def source_modules() -> list[str]:
+    names = []
+    for folder in FOLDERS:
+        for path in sorted((ROOT / folder).glob("*.py")):
+            pkg = "attnlab" if folder == "attnlab" else f"attnlab.{folder}"
+            names.append(pkg if path.stem == "__init__" else f"{pkg}.{path.stem}")
+    return names
+
+
+def test_wheel_has_only_attnlab_and_every_module_imports_from_it(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("attnlab-*.whl")
+    tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"attnlab"}
+
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    modules = source_modules()
+    script = (
+        "import importlib, sys\n"
+        f"sys.path.insert(0, {str(site)!r})\n"
+        f"for name in {modules!r}:\n"
+        "    mod = importlib.import_module(name)\n"
+        f"    assert mod.__file__.startswith({str(site)!r}), (name, mod.__file__)\n"
+        "print(len(sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_console_script_runs():
+    result = subprocess.run(["attnlab", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "demo" in result.stdout

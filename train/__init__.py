@@ -1,0 +1,1 @@
+"""train — see DESIGN.md; filled in by later issues."""
