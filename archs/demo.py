@@ -76,6 +76,23 @@ def run_demo(out_dir: Path, new_tokens: int = 24) -> list[dict]:
     return rows
 
 
+def register(sub) -> None:
+    from attnlab.cli import positive_int
+
+    demo = sub.add_parser("demo", help="build one model of each mixer family, generate with its cache")
+    demo.add_argument("--out", default="runs/demo", help="run directory for demo.json / demo.md")
+    demo.add_argument("--new-tokens", type=positive_int, default=24, help="tokens to generate per model")
+    demo.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    out = Path(args.out)
+    print(f"attnlab demo: one small model per mixer family and hybrid layout -> {out}")
+    rows = run_demo(out, new_tokens=args.new_tokens)
+    print((out / "demo.md").read_text())
+    return 0 if all(r["cache_matches_no_cache"] for r in rows) else 1
+
+
 def markdown_table(rows: list[dict]) -> str:
     head = ["variant", "layers", "params", "cache==no-cache"] + [f"cache/seq @{t} (bf16)" for t in CONTEXTS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -162,7 +162,7 @@ class MultiHeadLatentAttention(Mixer):
             raise ValueError(f"mla path = {self.path!r}; allowed: {', '.join(PATHS)}")
         q_nope, q_pe, c_kv, k_pe = self.project(x, positions)
         # The queries' absolute positions start where the cache ends (the base advances seq_len later).
-        q_start = 0
+        q_start = 0 if state is None else state.seq_len
         c_all, k_pe_all = (c_kv, k_pe) if state is None else state.append(c_kv, k_pe)  # [B, S, R], [B, S, Dr]
         absorbed = self.path == "absorbed" or (self.path == "auto" and state is not None and x.shape[1] == 1)
         fn = self._absorbed if absorbed else self._naive

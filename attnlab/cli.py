@@ -1,30 +1,38 @@
-"""The `attnlab` command: one subcommand per job (DESIGN.md "CLI")."""
+"""The `attnlab` command: one subcommand per job (DESIGN.md "CLI").
+
+Each job's module exposes `register(subparsers)`, which adds its subcommand(s) and sets
+`func(args) -> exit code`. Adding a job = one module + one line in COMMAND_MODULES. Modules are
+imported lazily per invocation so `attnlab --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from pathlib import Path
 
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from attnlab.archs.demo import run_demo
-
-    out = Path(args.out)
-    print(f"attnlab demo: one small model per mixer family and hybrid layout -> {out}")
-    rows = run_demo(out, new_tokens=args.new_tokens)
-    print((out / "demo.md").read_text())
-    return 0 if all(r["cache_matches_no_cache"] for r in rows) else 1
+COMMAND_MODULES = [
+    "attnlab.archs.demo",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnlab", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="build one model of each mixer family, generate with its cache")
-    demo.add_argument("--out", default="runs/demo", help="run directory for demo.json / demo.md")
-    demo.add_argument("--new-tokens", type=int, default=24, help="tokens to generate per model")
-    demo.set_defaults(func=cmd_demo)
+    parser = argparse.ArgumentParser(prog="attnlab", description="attnlab: attention architectures lab")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0, with an error that names the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected a positive integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not positive; expected a positive integer")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,3 +114,45 @@ def test_cached_generate_equals_greedy_loop_without_cache(name):
             nxt = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
             ids = torch.cat([ids, nxt], dim=1)
     assert torch.equal(out, ids)
+
+
+def test_cache_is_accepted_as_cache_or_past_key_values():
+    model = build("hybrid-1to1")
+    x = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        full = model(x, use_cache=False).logits
+        a, b = model.new_cache(1), model.new_cache(1)
+        model(x[:, :5], cache=a)
+        model(x[:, :5], past_key_values=b)
+        out_a = model(x[:, 5:], cache=a)
+        out_b = model(x[:, 5:], past_key_values=b)
+    torch.testing.assert_close(out_a.logits, full[:, 5:], rtol=0, atol=1e-5)
+    torch.testing.assert_close(out_b.logits, full[:, 5:], rtol=0, atol=1e-5)
+    assert a.get_seq_length() == b.get_seq_length() == 8
+
+
+def test_one_cache_object_holds_each_layers_kind_of_state():
+    model = build("intra-lightning-full", num_hidden_layers=2)
+    cache = model.new_cache(1)
+    assert [s.kind for s in cache.states] == ["composite", "composite"]
+    assert [p.kind for p in cache.states[0].parts] == ["recurrent", "kv"]
+    model7 = build("hybrid-7to1")
+    assert [s.kind for s in model7.new_cache(1).states] == ["recurrent"] * 7 + ["kv"]
+
+
+def test_left_padding_is_refused_with_a_clear_error():
+    model = build("full")
+    x = torch.randint(0, 64, (2, 5))
+    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    with pytest.raises(ValueError, match="left padding"):
+        model(x, attention_mask=mask)
+    model(x, attention_mask=torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]))  # right padding is fine
+
+
+def test_moe_returns_a_load_balancing_loss_added_to_the_task_loss():
+    model = build("full", ffn="moe", num_experts=4, num_experts_per_tok=2, shared_expert=True).train()
+    x = torch.randint(0, 64, (2, 9))
+    out = model(x, labels=x)
+    plain = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), x[:, 1:].flatten())
+    assert out.aux_loss > 0
+    torch.testing.assert_close(out.loss, plain + model.config.router_aux_loss_coef * out.aux_loss)

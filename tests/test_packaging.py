@@ -55,3 +55,18 @@ def test_wheel_has_only_attnlab_and_every_module_imports_from_it(tmp_path):
 def test_console_script_runs():
     result = subprocess.run(["attnlab", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "demo" in result.stdout
+
+
+def test_demo_writes_its_results(tmp_path):
+    from attnlab.cli import main
+
+    assert main(["demo", "--out", str(tmp_path), "--new-tokens", "3"]) == 0
+    rows = __import__("json").loads((tmp_path / "demo.json").read_text())
+    assert {r["variant"] for r in rows} >= {"full", "mla", "lightning", "swa", "minimax01 7:1"}
+    assert all(r["cache_matches_no_cache"] for r in rows)
+    assert "| variant |" in (tmp_path / "demo.md").read_text()
+
+
+def test_bad_cli_argument_names_the_flag():
+    result = subprocess.run(["attnlab", "demo", "--new-tokens", "0"], capture_output=True, text=True)
+    assert result.returncode == 2 and "--new-tokens" in result.stderr and "positive" in result.stderr
