@@ -54,7 +54,9 @@ def expand_layers(layers: Any, mixers: dict, num_layers: int) -> list[dict]:
             raise ValueError(
                 f"layers has {len(layers)} specs but num_hidden_layers = {num_layers}; give one spec per layer"
             )
-        return [copy.deepcopy(table[s]) if isinstance(s, str) and s in table else copy.deepcopy(s) for s in layers]
+        return [
+            copy.deepcopy(table[s]) if isinstance(s, str) and s in table else copy.deepcopy(s) for s in layers
+        ]
     raise ValueError(f"layers must be a pattern string or a list of mixer specs, got {type(layers).__name__}")
 
 
@@ -114,7 +116,13 @@ class AttnLabConfig(PreTrainedConfig):
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
     def _validate_globals(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+        ):
             check_positive_int(getattr(self, name), "config", name)
         if self.head_dim is not None:
             check_positive_int(self.head_dim, "config", "head_dim")
@@ -141,10 +149,14 @@ class AttnLabConfig(PreTrainedConfig):
         if self.intermediate_size is not None:
             check_positive_int(self.intermediate_size, "config", "intermediate_size")
         if not isinstance(self.mixers, dict):
-            raise ValueError(f"config.mixers must be a dict of letter -> spec, got {type(self.mixers).__name__}")
+            raise ValueError(
+                f"config.mixers must be a dict of letter -> spec, got {type(self.mixers).__name__}"
+            )
         for key in self.mixers:
             if not isinstance(key, str) or len(key) != 1:
-                raise ValueError(f"config.mixers key {key!r} must be a single letter used in the layers pattern")
+                raise ValueError(
+                    f"config.mixers key {key!r} must be a single letter used in the layers pattern"
+                )
 
     def spec_defaults(self) -> dict:
         """Model-wide values a mixer spec inherits for the fields it leaves unset."""

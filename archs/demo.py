@@ -57,7 +57,9 @@ def run_demo(out_dir: Path, new_tokens: int = 24) -> list[dict]:
         model = AttnLabForCausalLM(demo_config(spec)).eval()
         with torch.no_grad():
             start = time.perf_counter()
-            out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            out = model.generate(
+                prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+            )
             seconds = time.perf_counter() - start
             reference = greedy_without_cache(model, prompt, new_tokens)
         rows.append(
@@ -97,7 +99,12 @@ def markdown_table(rows: list[dict]) -> str:
     head = ["variant", "layers", "params", "cache==no-cache"] + [f"cache/seq @{t} (bf16)" for t in CONTEXTS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["variant"], r["layers"], f"{r['params']:,}", "yes" if r["cache_matches_no_cache"] else "NO"]
+        cells = [
+            r["variant"],
+            r["layers"],
+            f"{r['params']:,}",
+            "yes" if r["cache_matches_no_cache"] else "NO",
+        ]
         cells += [human_bytes(r[f"cache_bytes@{t}"]) for t in CONTEXTS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -42,7 +42,9 @@ class IntraSpec(MixerSpec):
             half = self.num_heads // 2
             parts = [{"type": "swa", "heads": half}, {"type": "full", "heads": self.num_heads - half}]
         if not isinstance(parts, list) or len(parts) < 2:
-            raise ValueError(f"{where}.parts must be a list of at least two sub-mixer specs, each with 'heads'")
+            raise ValueError(
+                f"{where}.parts must be a list of at least two sub-mixer specs, each with 'heads'"
+            )
         self.resolved_parts = []
         for i, part in enumerate(parts):
             at = f"{where}.parts[{i}]"
@@ -71,7 +73,8 @@ class IntraLayerHybrid(Mixer):
     def __init__(self, spec: IntraSpec, layer_idx, num_layers, hidden_size, output_projection=True):
         super().__init__(spec, layer_idx, num_layers, hidden_size, output_projection)
         self.parts = nn.ModuleList(
-            build_mixer(p, layer_idx, num_layers, hidden_size, output_projection=False) for p in spec.resolved_parts
+            build_mixer(p, layer_idx, num_layers, hidden_size, output_projection=False)
+            for p in spec.resolved_parts
         )
         self.num_heads = sum(p.num_heads for p in self.parts)
         width = sum(p.num_heads * p.head_out_dim for p in self.parts)

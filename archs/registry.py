@@ -26,7 +26,9 @@ def mixer_types() -> list[str]:
 
 def _lookup(type_name: Any, where: str) -> tuple[type, type]:
     if type_name not in _MIXERS:
-        raise ValueError(f"{where}.type = {type_name!r} is not a mixer type; allowed: {', '.join(mixer_types())}")
+        raise ValueError(
+            f"{where}.type = {type_name!r} is not a mixer type; allowed: {', '.join(mixer_types())}"
+        )
     return _MIXERS[type_name]
 
 
@@ -60,5 +62,10 @@ def spec_to_dict(spec) -> dict:
 
 def build_mixer(spec, layer_idx: int, num_layers: int, hidden_size: int, output_projection: bool = True):
     mixer_cls, _ = _lookup(spec.type, "spec")
-    return mixer_cls(spec, layer_idx=layer_idx, num_layers=num_layers, hidden_size=hidden_size,
-                     output_projection=output_projection)
+    return mixer_cls(
+        spec,
+        layer_idx=layer_idx,
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        output_projection=output_projection,
+    )

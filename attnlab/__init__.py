@@ -1,6 +1,6 @@
 """attnlab: a research framework for attention architectures.
 
-    from attnlab import AttnLabConfig, AttnLabForCausalLM
+from attnlab import AttnLabConfig, AttnLabForCausalLM
 """
 
 from attnlab.archs.config import AttnLabConfig

@@ -17,7 +17,10 @@ def make(**kw):
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        ({"layers": [{"type": "mamba"}, {"type": "full"}]}, ["layers[0].type", "'mamba'", "full", "lightning", "mla", "swa", "intra"]),
+        (
+            {"layers": [{"type": "mamba"}, {"type": "full"}]},
+            ["layers[0].type", "'mamba'", "full", "lightning", "mla", "swa", "intra"],
+        ),
         ({"mixers": {"X": {"type": "retnet"}}, "layers": "X"}, ["layers[0].type", "allowed"]),
         ({"layers": "LLF"}, ["length 3", "num_hidden_layers = 2"]),
         ({"layers": "FQ"}, ["letter(s) ['Q']", "allowed letters"]),
@@ -25,15 +28,33 @@ def make(**kw):
         ({"num_attention_heads": 3}, ["num_attention_heads = 3", "hidden_size = 32"]),
         ({"num_key_value_heads": 3}, ["num_key_value_heads = 3", "num_attention_heads = 4"]),
         ({"layers": "S", "mixers": {"S": {"type": "swa", "window": 0}}}, ["window = 0", "positive integer"]),
-        ({"layers": "S", "mixers": {"S": {"type": "swa", "window": -4}}}, ["window = -4", "positive integer"]),
+        (
+            {"layers": "S", "mixers": {"S": {"type": "swa", "window": -4}}},
+            ["window = -4", "positive integer"],
+        ),
         ({"layers": "F", "mixers": {"F": {"type": "full", "window": 8}}}, ["window", "swa"]),
-        ({"layers": "F", "mixers": {"F": {"type": "full", "num_kv_heads": 3}}}, ["num_kv_heads = 3", "num_heads = 4"]),
-        ({"layers": "F", "mixers": {"F": {"type": "full", "windw": 8}}}, ["unknown field", "windw", "allowed"]),
+        (
+            {"layers": "F", "mixers": {"F": {"type": "full", "num_kv_heads": 3}}},
+            ["num_kv_heads = 3", "num_heads = 4"],
+        ),
+        (
+            {"layers": "F", "mixers": {"F": {"type": "full", "windw": 8}}},
+            ["unknown field", "windw", "allowed"],
+        ),
         ({"layers": "M", "mixers": {"M": {"type": "mla", "kv_lora_rank": 0}}}, ["kv_lora_rank"]),
         ({"layers": "M", "mixers": {"M": {"type": "mla", "qk_rope_head_dim": -2}}}, ["qk_rope_head_dim"]),
         ({"layers": "L", "mixers": {"L": {"type": "lightning", "block_size": 0}}}, ["block_size"]),
-        ({"layers": "I", "mixers": {"I": {"type": "intra", "parts": [{"type": "full", "heads": 4}]}}}, ["parts", "at least two"]),
-        ({"layers": "I", "mixers": {"I": {"type": "intra", "parts": [{"type": "full"}, {"type": "swa", "heads": 2}]}}}, ["parts[0]", "heads"]),
+        (
+            {"layers": "I", "mixers": {"I": {"type": "intra", "parts": [{"type": "full", "heads": 4}]}}},
+            ["parts", "at least two"],
+        ),
+        (
+            {
+                "layers": "I",
+                "mixers": {"I": {"type": "intra", "parts": [{"type": "full"}, {"type": "swa", "heads": 2}]}},
+            },
+            ["parts[0]", "heads"],
+        ),
         ({"ffn": "conv"}, ["ffn = 'conv'", "dense", "moe"]),
         ({"ffn": "moe", "num_experts": 2, "num_experts_per_tok": 3}, ["num_experts_per_tok = 3", "1..2"]),
         ({"layers": 7}, ["layers must be a pattern string or a list"]),
@@ -54,13 +75,22 @@ def test_pattern_repeats_to_fill_layers():
 
 
 def test_mixers_override_default_letters_and_add_new_ones():
-    cfg = make(layers="SX", mixers={"S": {"type": "swa", "window": 7}, "X": {"type": "full", "qk_norm": True}})
+    cfg = make(
+        layers="SX", mixers={"S": {"type": "swa", "window": 7}, "X": {"type": "full", "qk_norm": True}}
+    )
     assert cfg.layer_specs[0].window == 7 and cfg.layer_specs[1].qk_norm
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("minimax01", "LLLLLLLF"), ("gpt-oss", "SF"), ("gemma3", "SSSSSF"), ("qwen3-next", "LLLF"), ("deepseek-v3", "M"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("minimax01", "LLLLLLLF"),
+        ("gpt-oss", "SF"),
+        ("gemma3", "SSSSSF"),
+        ("qwen3-next", "LLLF"),
+        ("deepseek-v3", "M"),
+    ],
+)
 def test_presets_express_published_layouts(name, expected):
     spec = preset(name)
     assert spec["layers"] == expected

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attnlab.archs import mixers  # noqa: F401  (registers the families)
-from attnlab.archs.mla import MlaSpec
-from attnlab.archs.registry import build_mixer, resolve_spec
-from attnlab.archs.state import LatentState
 from torch.func import functional_call
 from transformers import DeepseekV3Config, DynamicCache
 from transformers.masking_utils import create_causal_mask
@@ -16,6 +12,11 @@ from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
     DeepseekV3Attention,
     DeepseekV3RotaryEmbedding,
 )
+
+from attnlab.archs import mixers  # noqa: F401  (registers the families)
+from attnlab.archs.mla import MlaSpec
+from attnlab.archs.registry import build_mixer, resolve_spec
+from attnlab.archs.state import LatentState
 
 HIDDEN = 48
 DIMS = dict(num_heads=4, kv_lora_rank=20, qk_nope_head_dim=8, qk_rope_head_dim=6, v_head_dim=10)

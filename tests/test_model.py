@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 from variants import VARIANTS, tiny_config
 
 from attnlab import AttnLabForCausalLM
@@ -71,8 +72,15 @@ def test_gradients_are_finite_and_reach_every_parameter(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_gradcheck_float64(name):
-    model = build(name, dtype=torch.float64, hidden_size=8, num_attention_heads=4, num_key_value_heads=2,
-                  head_dim=2, intermediate_size=8)
+    model = build(
+        name,
+        dtype=torch.float64,
+        hidden_size=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=4,
+        intermediate_size=8,
+    )
     emb = torch.randn(1, 5, 8, dtype=torch.float64, requires_grad=True)
 
     def f(e):
@@ -98,7 +106,8 @@ def test_save_load_round_trip_gives_identical_logits(name, tmp_path):
     x = torch.randint(0, 64, (2, 9))
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
-    loaded = AttnLabForCausalLM.from_pretrained(tmp_path).eval()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # through the Auto registration
+    assert isinstance(loaded, AttnLabForCausalLM)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).logits, model(x).logits, rtol=0, atol=0)
 

@@ -9,17 +9,18 @@ own rotary modules. Everything is fp32 on CPU with small shapes.
 
 from __future__ import annotations
 
-import attnlab.archs.mixers  # noqa: F401  (registers the families)
 import pytest
 import torch
-from attnlab.archs.registry import build_mixer, resolve_spec
-from attnlab.archs.rope import rope_cos_sin
-from attnlab.kernels.softmax_attention import causal_window_mask
 from torch.func import functional_call
 from transformers import DynamicCache, GptOssConfig, Qwen3NextConfig
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.models.gpt_oss.modeling_gpt_oss import GptOssAttention, GptOssRotaryEmbedding
 from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextAttention, Qwen3NextRotaryEmbedding
+
+import attnlab.archs.mixers  # noqa: F401  (registers the families)
+from attnlab.archs.registry import build_mixer, resolve_spec
+from attnlab.archs.rope import rope_cos_sin
+from attnlab.kernels.softmax_attention import causal_window_mask
 
 HIDDEN = 32
 DEFAULTS = {"num_heads": 4, "head_dim": 8, "rope_theta": 10000.0}

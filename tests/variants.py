@@ -7,15 +7,41 @@ from attnlab import AttnLabConfig
 # name -> (layers, mixers, num_hidden_layers)
 VARIANTS: dict[str, tuple] = {
     "full": ("F", {}, 2),
-    "full-gated": ("F", {"F": {"type": "full", "output_gate": True, "qk_norm": True, "partial_rotary_factor": 0.5}}, 2),
+    "full-gated": (
+        "F",
+        {"F": {"type": "full", "output_gate": True, "qk_norm": True, "partial_rotary_factor": 0.5}},
+        2,
+    ),
     "swa": ("S", {"S": {"type": "swa", "window": 4}}, 2),
     "swa-sinks": ("S", {"S": {"type": "swa", "window": 4, "sinks": True}}, 2),
     "mla": ("M", {}, 2),
     "lightning": ("L", {"L": {"type": "lightning", "block_size": 4}}, 2),
-    "intra-swa-full": ("I", {"I": {"type": "intra", "parts": [{"type": "swa", "heads": 2, "window": 3}, {"type": "full", "heads": 2}]}}, 2),
-    "intra-lightning-full": ("I", {"I": {"type": "intra", "parts": [{"type": "lightning", "heads": 2, "block_size": 4}, {"type": "full", "heads": 2}]}}, 2),
+    "intra-swa-full": (
+        "I",
+        {
+            "I": {
+                "type": "intra",
+                "parts": [{"type": "swa", "heads": 2, "window": 3}, {"type": "full", "heads": 2}],
+            }
+        },
+        2,
+    ),
+    "intra-lightning-full": (
+        "I",
+        {
+            "I": {
+                "type": "intra",
+                "parts": [{"type": "lightning", "heads": 2, "block_size": 4}, {"type": "full", "heads": 2}],
+            }
+        },
+        2,
+    ),
     "hybrid-7to1": ("LLLLLLLF", {"L": {"type": "lightning", "block_size": 4}}, 8),
-    "hybrid-1to1": ("SF", {"S": {"type": "swa", "window": 4, "sinks": True}, "F": {"type": "full", "sinks": True}}, 2),
+    "hybrid-1to1": (
+        "SF",
+        {"S": {"type": "swa", "window": 4, "sinks": True}, "F": {"type": "full", "sinks": True}},
+        2,
+    ),
 }
 
 
