@@ -17,7 +17,20 @@ from .presets import preset
 
 DEMO_VARIANTS: dict[str, dict] = {
     "full": {"layers": "F"},
-    "mla": {"layers": "M"},
+    # DeepSeek-style ratios at this width: latent 32 + rope key 8 per token per layer.
+    "mla": {
+        "layers": "M",
+        "mixers": {
+            "M": {
+                "type": "mla",
+                "q_lora_rank": 32,
+                "kv_lora_rank": 32,
+                "qk_nope_head_dim": 16,
+                "qk_rope_head_dim": 8,
+                "v_head_dim": 16,
+            }
+        },
+    },
     "lightning": {"layers": "L"},
     "swa": {"layers": "S", "mixers": {"S": {"type": "swa", "window": 64, "sinks": True}}},
     "intra (swa+full heads)": {"layers": "I"},
