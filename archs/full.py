@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..kernels.softmax_attention import attention_probs, softmax_attention
+from ..kernels import swa_prefill
+from ..kernels.softmax_attention import attention_probs
 from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm
 from .registry import register_mixer
@@ -61,7 +62,7 @@ class SoftmaxAttention(Mixer):
         if spec.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope_cos_sin(positions, spec.rotary_dim, spec.rope_theta, q.dtype)
-        return apply_rope(q, cos, sin), gate, apply_rope(k, cos, sin), v
+        return self.uniform_queries(apply_rope(q, cos, sin)), gate, apply_rope(k, cos, sin), v
 
     def _context(self, state: LayerState | None, k, v):
         """Append to the cache; -> keys, values, position of keys[0], position of queries[0]."""
@@ -78,7 +79,9 @@ class SoftmaxAttention(Mixer):
         q, gate, k, v = self.project(x, positions)
         k_all, v_all, k_start, q_start = self._context(state, k, v)
         sinks = self.sinks if self.spec.sinks else None
-        o = softmax_attention(q, k_all, v_all, q_start, k_start, self.scale, self.spec.window, sinks)
+        # The op aligns queries to the last keys (flash-attention's KV-cache convention).
+        assert q_start - k_start == k_all.shape[1] - q.shape[1]
+        o = swa_prefill(q, k_all, v_all, self.scale, self.spec.window, sinks)
         if gate is not None:
             o = o * torch.sigmoid(gate)
         return o  # [B, T, H, Dh]

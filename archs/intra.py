@@ -82,7 +82,15 @@ class IntraLayerHybrid(Mixer):
             self.o_proj = nn.Linear(width, hidden_size, bias=False)
         self.init_head_mask()
 
+    def share_head_uniform(self) -> None:
+        """The layer's `head_uniform` is the one set from outside; each part's heads() reads its slice."""
+        first = 0
+        for part in self.parts:
+            part.head_uniform.copy_(self.head_uniform[first : first + part.num_heads])
+            first += part.num_heads
+
     def masked_heads(self, x, state, positions):
+        self.share_head_uniform()
         outs, first = [], 0
         for i, part in enumerate(self.parts):
             o = part.heads(x, None if state is None else state.parts[i], positions)  # [B, T, h_i, Dv_i]
@@ -98,4 +106,5 @@ class IntraLayerHybrid(Mixer):
         return sum(p.state_bytes(seq_len, dtype) for p in self.parts)
 
     def attention_map(self, x, positions=None):
+        self.share_head_uniform()
         return torch.cat([p.attention_map(x, positions) for p in self.parts], dim=1)  # [B, H, T, T]

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.lightning_attention import lightning_chunked, lightning_implied_map, lightning_recurrent
+from ..kernels import lightning_decode, lightning_prefill
+from ..kernels.lightning_attention import lightning_implied_map
 from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm
 from .registry import register_mixer
@@ -82,18 +83,33 @@ class LightningAttention(Mixer):
         b, t, _ = x.shape
         qkv = F.silu(self.qkv_proj(x)).view(b, t, self.num_heads, 3 * self.head_dim)
         q, k, v = qkv.split(self.head_dim, dim=-1)
-        return q, k, v
+        return (*self.uniform_qk(q, k), v)
+
+    def uniform_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lightning's analogue of uniform masking (a linear head has no softmax to flatten): for
+        `head_uniform` heads q = k = e_0, so q·k := 1, the implied map is exp(-s (i-j)) and the head
+        outputs the decay-weighted sum of values. Exact for tokens processed while the flag is set; a
+        recurrent state filled before it holds only sum(decay k^T v), which the query e_0 reads with
+        each past value weighted by its key's first channel instead of by 1.
+        """
+        unit = torch.zeros(q.shape[-1], dtype=q.dtype, device=q.device)
+        unit[0] = 1.0
+        flag = self.head_uniform.to(q.dtype)[:, None]  # [H, 1], broadcasts over [B, T, H, D]
+        return q * (1 - flag) + unit * flag, k * (1 - flag) + unit * flag
 
     def heads(self, x, state, positions):
         b, t, _ = x.shape
         q, k, v = self.project(x)  # [B, T, H, Dh]
         initial = None if state is None else state.read()  # [B, H, Dh, Dh] fp32 | None
         slope = self.slope(x.device)
-        if t == 1:
-            # Decode: one state update. For t > 1 a single block (three matmuls) beats a t-step loop.
-            o, final = lightning_recurrent(q, k, v, slope, initial)
+        if t == 1 and initial is not None:
+            # Decode: one state update. For t > 1 the chunked form (a few matmuls) beats a t-step loop.
+            o, final = lightning_decode(q[:, 0], k[:, 0], v[:, 0], slope, initial)
+            o = o[:, None]  # [B, 1, H, Dh]
         else:
-            o, final = lightning_chunked(q, k, v, slope, initial, self.spec.block_size)
+            o, final = lightning_prefill(
+                q, k, v, slope, initial, output_final_state=state is not None, chunk_size=self.spec.block_size
+            )
         if state is not None:
             state.write(final)
         o = self.norm(o.reshape(b, t, -1))  # [B, T, H*Dh], one RMS over all heads (as HF)

@@ -5,6 +5,7 @@
     mixer.state_bytes(seq_len, dtype)
     mixer.attention_map(x)                             # [B, H, T, T]
     mixer.head_mask                                    # [H] per-head multiplier (ablation)
+    mixer.head_uniform                                 # [H] bool: make the head's attention uniform
 
 A family implements `heads(x, state, positions) -> o [B, T, H, Dv]` (everything before the output
 projection, per head). The base applies `head_mask` and the output projection; an intra-layer
@@ -35,6 +36,15 @@ class Mixer(nn.Module):
     def init_head_mask(self) -> None:
         """Call at the end of a family's __init__, once num_heads is known."""
         self.register_buffer("head_mask", torch.ones(self.num_heads), persistent=False)
+        # Wu et al. 2024 ablation (REFERENCES.md "Probes"): a flagged head's pre-softmax logits are
+        # zeroed (its query is zeroed), so it attends uniformly to every key it may see.
+        self.register_buffer("head_uniform", torch.zeros(self.num_heads, dtype=torch.bool), persistent=False)
+
+    def uniform_queries(self, q: torch.Tensor) -> torch.Tensor:
+        """q [B, T, H, D] -> q with the rows of `head_uniform` heads zeroed (logits 0: uniform attention)."""
+        # A product with a fresh tensor, so autograd never saves the buffer itself (intra layers
+        # rewrite their parts' buffers in place).
+        return q * (~self.head_uniform).to(q.dtype)[:, None]
 
     # --- protocol -------------------------------------------------------------------------
     def forward(

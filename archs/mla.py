@@ -38,7 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..kernels.softmax_attention import attention_probs, causal_window_mask, softmax_attention
+from ..kernels import mla_decode, swa_prefill
+from ..kernels.softmax_attention import attention_probs
 from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm
 from .registry import register_mixer
@@ -129,7 +130,7 @@ class MultiHeadLatentAttention(Mixer):
         cos, sin = rope_cos_sin(positions, self.rope_dim, self.spec.rope_theta, x.dtype)
         q_pe = self._rope(q_pe, cos, sin)  # [B, T, H, Dr]
         k_pe = self._rope(k_pe[:, :, None, :], cos, sin)[:, :, 0]  # [B, T, Dr]
-        return q_nope, q_pe, c_kv, k_pe
+        return self.uniform_queries(q_nope), self.uniform_queries(q_pe), c_kv, k_pe
 
     def expand_kv(self, c_kv: torch.Tensor, k_pe: torch.Tensor):
         """c_kv [B, S, R], k_pe [B, S, Dr] -> per-head k [B, S, H, Dn+Dr], v [B, S, H, Dv]."""
@@ -139,22 +140,16 @@ class MultiHeadLatentAttention(Mixer):
         k = torch.cat([k_nope, k_pe[:, :, None, :].expand(-1, -1, self.num_heads, -1)], dim=-1)
         return k, v
 
-    def _naive(self, q_nope, q_pe, c_all, k_pe_all, q_start):
+    def _naive(self, q_nope, q_pe, c_all, k_pe_all):
         q = torch.cat([q_nope, q_pe], dim=-1)  # [B, T, H, Dn+Dr]
         k, v = self.expand_kv(c_all, k_pe_all)
-        return softmax_attention(q, k, v, q_start, 0, self.scale)  # [B, T, H, Dv]
+        return swa_prefill(q, k, v, self.scale)  # [B, T, H, Dv], causal, no window
 
-    def _absorbed(self, q_nope, q_pe, c_all, k_pe_all, q_start):
+    def _absorbed(self, q_nope, q_pe, c_all, k_pe_all):
         w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.latent_dim)
         w_uk, w_uv = w.split([self.nope_dim, self.v_dim], dim=1)  # [H, Dn, R], [H, Dv, R]
         q_lat = torch.einsum("bthn,hnr->bthr", q_nope, w_uk)  # [B, T, H, R]
-        logits = torch.einsum("bthr,bsr->bhts", q_lat, c_all) + torch.einsum("bthd,bsd->bhts", q_pe, k_pe_all)
-        allowed = causal_window_mask(q_nope.shape[1], c_all.shape[1], q_start, 0, None, c_all.device)
-        logits = (logits * self.scale).masked_fill(~allowed, float("-inf"))  # [B, H, T, S]
-        # At least fp32 for the softmax (bf16/fp16 inputs), without rounding fp64 down.
-        probs = torch.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
-        probs = probs.to(c_all.dtype)
-        o_lat = torch.einsum("bhts,bsr->bthr", probs, c_all)  # [B, T, H, R]
+        o_lat = mla_decode(q_lat, q_pe, c_all, k_pe_all, self.scale)  # [B, T, H, R]
         return torch.einsum("bthr,hvr->bthv", o_lat, w_uv)  # [B, T, H, Dv]
 
     def heads(self, x, state, positions):
@@ -166,7 +161,9 @@ class MultiHeadLatentAttention(Mixer):
         c_all, k_pe_all = (c_kv, k_pe) if state is None else state.append(c_kv, k_pe)  # [B, S, R], [B, S, Dr]
         absorbed = self.path == "absorbed" or (self.path == "auto" and state is not None and x.shape[1] == 1)
         fn = self._absorbed if absorbed else self._naive
-        return fn(q_nope, q_pe, c_all, k_pe_all, q_start)
+        # Both ops align the queries to the last cache positions (flash-attention's convention).
+        assert c_all.shape[1] == q_start + x.shape[1]
+        return fn(q_nope, q_pe, c_all, k_pe_all)
 
     def new_state(self, batch: int, dtype: torch.dtype) -> LatentState:
         return LatentState()

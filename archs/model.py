@@ -73,6 +73,7 @@ class AttnLabPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
         if isinstance(module, Mixer):
             init.ones_(module.head_mask)
+            init.zeros_(module.head_uniform)
             if isinstance(getattr(module, "sinks", None), nn.Parameter):
                 init.normal_(module.sinks, mean=0.0, std=std)  # GPT-OSS: sinks ~ N(0, 0.02)
 

@@ -13,6 +13,10 @@ import sys
 
 COMMAND_MODULES = [
     "attnlab.archs.demo",
+    "attnlab.train.cli",
+    "attnlab.evals.cli",
+    "attnlab.kernels.cli",
+    "attnlab.probes.cli",
 ]
 
 

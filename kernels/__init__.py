@@ -1,1 +1,12 @@
-"""Attention ops: plain-torch references and fast paths (DESIGN.md "kernels")."""
+"""Attention ops: definitions with plain-torch references, backends, dispatch (DESIGN.md "kernels").
+
+Call an op like a function; dispatch picks the backend (`backend="name"` overrides):
+
+    o, final = lightning_prefill(q, k, v, slope, initial_state, output_final_state=True)
+"""
+
+from .attention_ops import paged_attn_decode, swa_prefill
+from .lightning_ops import lightning_decode, lightning_prefill
+from .mla_ops import mla_decode
+
+__all__ = ["lightning_decode", "lightning_prefill", "mla_decode", "paged_attn_decode", "swa_prefill"]

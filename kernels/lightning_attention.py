@@ -42,7 +42,7 @@ def lightning_recurrent(
     """Token-by-token reference (and the decode path): one state update per token."""
     b, t, h, dk = q.shape
     dv = v.shape[-1]
-    dtype = _compute_dtype(q, k, v)
+    dtype, out_dtype = _compute_dtype(q, k, v), v.dtype
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     decay = torch.exp(-slope.to(dtype))[None, :, None, None]  # [1, H, 1, 1]
     state = _start_state(initial_state, b, h, dk, dv, dtype, q.device)  # [B, H, K, V]
@@ -51,7 +51,7 @@ def lightning_recurrent(
         state = decay * state + k[:, i, :, :, None] * v[:, i, :, None, :]  # [B, H, K, V]
         outs.append(torch.einsum("bhk,bhkv->bhv", q[:, i], state))
     o = torch.stack(outs, dim=1)  # [B, T, H, V]
-    return o.to(v.dtype), state
+    return o.to(out_dtype), state
 
 
 def _block_decays(slope: torch.Tensor, n: int):

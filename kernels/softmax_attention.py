@@ -6,12 +6,14 @@ j <= i and, with a window W, i - j < W (GPT-OSS / Mistral convention: W keys inc
 
 Sinks (GPT-OSS): one learned logit per head appended as an extra column; the softmax runs over
 keys + sink and the sink column is dropped, so it absorbs mass and contributes no value.
+
+These are the plain-torch pieces of the `swa_prefill` reference (attention_ops.py) and of the
+attention maps the probes read; the ops themselves run through dispatch.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def causal_window_mask(
@@ -48,30 +50,3 @@ def attention_probs(
     sink_col = sinks.reshape(1, -1, 1, 1).to(logits.dtype).expand(logits.shape[0], -1, logits.shape[2], 1)
     combined = torch.cat([logits, sink_col], dim=-1)
     return torch.softmax(combined.to(acc), dim=-1)[..., :-1].to(q.dtype)
-
-
-def softmax_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    q_start: int,
-    k_start: int,
-    scale: float,
-    window: int | None = None,
-    sinks: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """q [B, Tq, H, D], k [B, Tk, Hkv, D], v [B, Tk, Hkv, Dv] -> o [B, Tq, H, Dv]."""
-    h, hkv = q.shape[2], k.shape[2]
-    if sinks is None:
-        allowed = causal_window_mask(q.shape[1], k.shape[1], q_start, k_start, window, q.device)
-        o = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            k.repeat_interleave(h // hkv, dim=2).transpose(1, 2),
-            v.repeat_interleave(h // hkv, dim=2).transpose(1, 2),
-            attn_mask=allowed,
-            scale=scale,
-        )  # [B, H, Tq, Dv]
-        return o.transpose(1, 2)
-    probs = attention_probs(q, k, q_start, k_start, scale, window, sinks)
-    v = v.repeat_interleave(h // hkv, dim=2)
-    return torch.einsum("bhqk,bkhd->bqhd", probs, v)

@@ -1,1 +1,37 @@
-"""probes — see DESIGN.md; filled in by later issues."""
+"""probes: per-head scores, ablation and reports (DESIGN.md "train, probes, evals, serve"; issue 4).
+
+target.py          one interface over attnlab models and HF causal LMs (maps, cache, head flags)
+hf_attention.py    the AttentionInterface function behind HF maps and masks (no patched files)
+decode.py          greedy decoding, masks on the decode steps only (Wu et al.)
+patterns.py        detection patterns and their scores (TransformerLens, Olsson et al.)
+sequences.py       repeated random token sequences; in-context copy accuracy
+niah_tokens.py     token-level needle-in-a-haystack prompts and ROUGE-1 recall
+probe.py           Probe / ProbeResult / ProbeSettings; registry.py: the probe registry
+retrieval.py, induction.py, previous_token.py, duplicate.py, prefix_matching.py: one probe each
+pattern_probe.py   what the four pattern probes share
+ablation.py        top-k vs random-k masking; plots.py, report.py, runner.py: the outputs
+load.py, cli.py    `attnlab probe PATH`
+
+from attnlab.probes import ProbeTarget, ProbeSettings, get_probe, run_probes
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ProbeResult": "probe",
+    "ProbeSettings": "probe",
+    "ProbeTarget": "target",
+    "get_probe": "registry",
+    "probe_names": "registry",
+    "run_probes": "runner",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy: `attnlab --help` imports probes.cli, which should not pull in matplotlib.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

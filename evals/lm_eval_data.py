@@ -1,0 +1,112 @@
+"""The suite as lm-eval tasks: YAMLs in `lm_eval_yaml/` (the `--include_path`) point their
+`custom_dataset` here, the way lm-eval's RULER tasks generate their data. lm-eval calls it with
+the task's metadata merged with `--model_args` and `--metadata`, so the samples are length-exact
+for the evaluated model's own tokenizer (from `pretrained=PATH`, or `tokenizer=PATH`).
+
+Metadata keys: lengths (alias max_seq_lengths, RULER's name), hops, samples, seed, and options
+({task: {option: value}}, e.g. {"variable_tracking": {"chains": 2}}).
+`python -m attnlab.evals.lm_eval_data` prints the include path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import datasets
+
+from .fit import PromptTooLong
+from .registry import make_sample
+from .scoring import score_text
+from .suite import SuiteSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = SuiteSpec()
+# Per-length and per-hops metrics named in the YAMLs (lm-eval needs metric names up front); every
+# sample also counts in `score`, so lengths outside this list are still reported there.
+REPORTED_LENGTHS = (256, 512, 1024, 2048, 4096)
+REPORTED_HOPS = (1, 2, 4)
+NOT_THIS_CELL = -1  # RULER's convention: an aggregate skips samples of other lengths
+
+
+def include_path() -> Path:
+    return Path(__file__).with_name("lm_eval_yaml")
+
+
+def tokenizer_for(pretrained: str | None = None, tokenizer: str | None = None, **_):
+    from transformers import AutoTokenizer
+
+    from .loading import resolve_model_dir
+    from .tokenizer import load_tokenizer
+
+    source = tokenizer or pretrained
+    if not source:
+        raise ValueError(
+            "attnlab tasks need a tokenizer to size prompts: pass --model_args pretrained=PATH (or tokenizer=PATH)"
+        )
+    if Path(source).exists():
+        return load_tokenizer(resolve_model_dir(source), source)
+    return AutoTokenizer.from_pretrained(source)  # a hub name: works offline only if cached
+
+
+def build_dataset(
+    task: str,
+    lengths=None,
+    max_seq_lengths=None,
+    hops=None,
+    samples: int = DEFAULTS.samples,
+    seed: int = DEFAULTS.seed,
+    options: dict | None = None,
+    **metadata,
+) -> dict[str, datasets.Dataset]:
+    tok = tokenizer_for(**metadata)
+    spec = SuiteSpec(
+        suite="text",
+        tasks=(task,),
+        lengths=tuple(lengths or max_seq_lengths or DEFAULTS.lengths),
+        hops=tuple(hops or DEFAULTS.hops),
+        samples=int(samples),
+        seed=int(seed),
+        options={task: options[task]} if options and task in options else {},
+    )
+    if not spec.cells():
+        raise ValueError(
+            f"attnlab task {task} is single-hop; hops {list(spec.hops)} leave it no cells (include 1)"
+        )
+    rows = []
+    for name, length, n_hops in spec.cells():
+        try:
+            cell = [
+                make_sample(name, tok, length, n_hops, spec.seed, i, **spec.options.get(name, {}))
+                for i in range(spec.samples)
+            ]
+        except PromptTooLong as err:
+            log.warning("attnlab: skipping cell: %s", err)
+            continue
+        for i, s in enumerate(cell):
+            row = s.to_json()
+            rows.append({**row, "target": s.target, "index": i, "meta": json.dumps(row["meta"])})
+    if not rows:
+        raise ValueError(
+            f"attnlab task {task}: no cell fits; every length in {list(spec.lengths)} is too short for its prompt"
+        )
+    return {"test": datasets.Dataset.from_list(rows)}
+
+
+def process_results(doc: dict, results: list[str]) -> dict[str, float]:
+    score = score_text(results[0], doc["answers"], doc["metric"])
+    out = {"score": score}
+    out |= {f"len_{n}": score if doc["length"] == n else NOT_THIS_CELL for n in REPORTED_LENGTHS}
+    out |= {f"hops_{h}": score if doc["hops"] == h else NOT_THIS_CELL for h in REPORTED_HOPS}
+    return out
+
+
+def aggregate(items: list[float]) -> float:
+    kept = [x for x in items if x != NOT_THIS_CELL]
+    return sum(kept) / len(kept) if kept else NOT_THIS_CELL
+
+
+if __name__ == "__main__":
+    print(include_path())

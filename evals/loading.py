@@ -1,0 +1,59 @@
+"""Models on disk: resolve an attnlab run dir or HF causal-LM folder to its model folder, and load
+the model with its tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from .tokenizer import load_tokenizer
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """An HF model folder (has config.json), or an attnlab run dir holding one: the newest
+    config.json up to two levels down (e.g. run/model, run/checkpoints/last)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"PATH {path} does not exist; expected an attnlab run dir or a HF causal-LM folder"
+        )
+    if (path / "config.json").exists():
+        return path
+    found = sorted(
+        (p.parent for p in [*path.glob("*/config.json"), *path.glob("*/*/config.json")]),
+        key=lambda p: (p / "config.json").stat().st_mtime,
+    )
+    if not found:
+        raise FileNotFoundError(
+            f"PATH {path} has no config.json in it or two levels below; expected an attnlab run dir or a HF causal-LM folder"
+        )
+    return found[-1]
+
+
+def load_model(path: str | Path, device: str | None = None):
+    """-> (model in eval mode on `device`, tokenizer or None, model dir). A model trained only on
+    token tasks (e.g. MQAR with its own vocabulary) may have no tokenizer: text tasks are then
+    skipped, token tasks still run."""
+    import attnlab  # noqa: F401  (registers the attnlab model type with the Auto classes)
+
+    model_dir = resolve_model_dir(path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device).eval()
+    try:
+        tokenizer = load_tokenizer(model_dir, path)
+    except FileNotFoundError:
+        tokenizer = None
+    return model, tokenizer, model_dir
+
+
+def model_names(paths: list[Path]) -> list[str]:
+    """Short unique names for a comparison: the run dir's name."""
+    names = []
+    for p in paths:
+        name = p.resolve().name
+        while name in names:
+            name += "'"
+        names.append(name)
+    return names

@@ -1,0 +1,93 @@
+"""MQAR: multi-query associative recall (Zoology, HazyResearch/zoology `data/multiquery_ar.py`;
+REFERENCES.md "MQAR"), and its k-hop form (chains A -> B -> C ..., issue 5).
+
+One example of length T with C = num_kv_pairs chains of `hops` pairs each:
+
+    [k v k v ... k v]  [q a  noise  q a  noise noise  q a ...]
+     context: 2*C*hops   queries at power-law distributed slots
+
+- keys (and the inner links of a chain) come from [1, V/2), final values from [V/2, V), all distinct
+  within an example, so every answer is determined by the context;
+- with hops = h a chain is x0 -> x1 -> ... -> x_h, stored as h pairs (x_j, x_{j+1}) shuffled among all
+  other pairs; the query is x0 and its answer is x_h (hops = 1 is Zoology's MQAR exactly);
+- the query region is cut into (T - context) // 2 two-token slots; each chain is queried once, in a
+  slot drawn without replacement with p(slot i) ∝ i^(power_a - 1), i = 1.. (power_a = 0.01 puts
+  most queries soon after the context, a few far away);
+- every other position is a uniform random token from [0, V) (Zoology's default
+  `random_non_queries=True`), or 0 with `random_non_queries=False` (Zoology's figure-2 setting).
+
+Labels are aligned with input_ids: labels[t] = input_ids[t] at answer positions, -100 elsewhere
+(the model shifts internally, so an answer is predicted from its query token).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+
+
+def mqar(
+    num_examples: int,
+    seq_len: int,
+    num_kv_pairs: int,
+    vocab_size: int,
+    seed: int,
+    power_a: float = 0.01,
+    hops: int = 1,
+    random_non_queries: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (input_ids [N, T] int64, labels [N, T] int64), deterministic in `seed`."""
+    check_mqar_args(num_examples, seq_len, num_kv_pairs, vocab_size, power_a, hops)
+    rng = np.random.default_rng(seed)
+    chains, context = num_kv_pairs, 2 * num_kv_pairs * hops
+    slots = (seq_len - context) // 2
+    slot_p = power_a * np.arange(1, slots + 1) ** (power_a - 1)
+    slot_p /= slot_p.sum()
+    half = vocab_size // 2
+
+    # Noise first (or Zoology's zeros: token 0 is never a key), then the context and the query slots.
+    ids = rng.integers(0, vocab_size, size=(num_examples, seq_len))  # [N, T]
+    if not random_non_queries:
+        ids[:] = 0
+    labels = np.full((num_examples, seq_len), IGNORE_INDEX, dtype=np.int64)
+    for n in range(num_examples):
+        links = 1 + rng.choice(half - 1, size=(chains, hops), replace=False)
+        values = half + rng.choice(vocab_size - half, size=(chains, 1), replace=False)
+        path = np.concatenate([links, values], axis=1)  # [C, hops + 1]: x0 .. x_hops per chain
+        pairs = np.stack([path[:, :-1], path[:, 1:]], axis=-1).reshape(-1, 2)  # [C*hops, 2]
+        ids[n, :context] = pairs[rng.permutation(len(pairs))].reshape(-1)
+        query_pos = context + 2 * rng.choice(slots, size=chains, replace=False, p=slot_p)  # [C]
+        ids[n, query_pos] = path[:, 0]
+        ids[n, query_pos + 1] = path[:, -1]
+        labels[n, query_pos + 1] = path[:, -1]
+    return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(labels)
+
+
+def check_mqar_args(num_examples, seq_len, num_kv_pairs, vocab_size, power_a, hops) -> None:
+    for name, value in (
+        ("num_examples", num_examples),
+        ("seq_len", seq_len),
+        ("num_kv_pairs", num_kv_pairs),
+        ("vocab_size", vocab_size),
+        ("hops", hops),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"mqar.{name} = {value!r}: must be a positive integer")
+    if not isinstance(power_a, (int, float)) or not 0 < power_a <= 1:
+        raise ValueError(f"mqar.power_a = {power_a!r}: must be a number in (0, 1]")
+    links, half = num_kv_pairs * hops, vocab_size // 2
+    if links > half - 1 or num_kv_pairs > vocab_size - half:
+        raise ValueError(
+            f"mqar.vocab_size = {vocab_size} is too small for num_kv_pairs = {num_kv_pairs} x hops = {hops}: "
+            f"needs {links} distinct keys in [1, V/2) and {num_kv_pairs} values in [V/2, V); "
+            f"use vocab_size >= {2 * max(links + 1, num_kv_pairs)}"
+        )
+    needed = 2 * num_kv_pairs * hops + 2 * num_kv_pairs
+    if seq_len < needed:
+        raise ValueError(
+            f"mqar.seq_len = {seq_len} is too short for num_kv_pairs = {num_kv_pairs}, hops = {hops}: "
+            f"the context takes {2 * num_kv_pairs * hops} tokens and the queries {2 * num_kv_pairs}; "
+            f"use seq_len >= {needed}"
+        )

@@ -1,0 +1,94 @@
+"""PNG plots of an eval run (matplotlib, Agg backend: no display needed).
+
+accuracy_vs_length.png: one panel per (task, hops), accuracy vs context length, one line per model
+heatmap.png:            one panel per model, (task, hops) rows x length columns
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .report import grid, length_label
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_lines(report: dict, path: Path) -> None:
+    plt = _pyplot()
+    lengths, rows, cells = grid(report)
+    cols = min(3, max(len(rows), 1))
+    nrows = max(1, math.ceil(len(rows) / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+    for ax, (task, hops) in zip(axes.flat, rows, strict=False):  # spare panels stay empty
+        for model in report["models"]:
+            points = [
+                (n, 100 * c["score"])
+                for n in lengths
+                if (c := cells.get((model["name"], task, hops, n))) is not None and c["score"] is not None
+            ]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o", label=model["name"])
+        ax.set_xscale("log", base=2)
+        ax.set_xlim(lengths[0] / 1.3, lengths[-1] * 1.3)  # same axis in every panel, even empty ones
+        ax.set_xticks(lengths, [length_label(n) for n in lengths])
+        ax.minorticks_off()
+        ax.set_ylim(-5, 105)
+        ax.set_title(f"{task}, hops={hops}", fontsize=10)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(rows) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 4), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_heatmaps(report: dict, path: Path) -> None:
+    plt = _pyplot()
+    lengths, rows, cells = grid(report)
+    models = report["models"]
+    fig, axes = plt.subplots(
+        1, len(models), figsize=(1.1 * len(lengths) + 3, 0.45 * len(rows) + 1.8), squeeze=False
+    )
+    for ax, model in zip(axes.flat, models, strict=True):
+        values = [
+            [
+                math.nan
+                if (c := cells.get((model["name"], t, h, n))) is None or c["score"] is None
+                else 100 * c["score"]
+                for n in lengths
+            ]
+            for t, h in rows
+        ]
+        image = ax.imshow(values, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(lengths)), [length_label(n) for n in lengths])
+        ax.set_yticks(range(len(rows)), [f"{t} h{h}" for t, h in rows])
+        ax.set_title(model["name"], fontsize=10)
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                if not math.isnan(v):
+                    ax.text(
+                        j,
+                        i,
+                        f"{v:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if v < 60 else "black",
+                    )
+    fig.colorbar(image, ax=list(axes.flat), label="accuracy (%)")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,218 @@
+"""The suite runner: generate every cell's samples, run the model, score, and (for `attnlab eval`)
+write eval.json, eval.md, predictions.jsonl and plots into a run directory.
+
+`evaluate_suite` is the training hook: the trainer calls it as a validation step and logs the
+returned flat dict of metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from .fit import PromptTooLong
+from .generation import encode, greedy_generate
+from .loading import load_model, model_names
+from .registry import make_sample
+from .scoring import score_text
+from .suite import TOKEN_TASKS, SuiteSpec
+from .tokenizer import byte_tokenizer
+
+# Generation budget beyond the longest reference answer in a batch: room for a model's formatting
+# (RULER sizes its budget per task the same way) without letting it ramble into extra credit.
+ANSWER_SLACK = 8
+
+
+@dataclass
+class SuiteResult:
+    cells: list[dict] = field(default_factory=list)  # one per (task, length, hops)
+    predictions: list[dict] = field(default_factory=list)  # one per text sample
+
+    def metrics(self, prefix: str = "eval/") -> dict[str, float]:
+        """Flat metrics for loggers: '{prefix}{task}/len{L}/hops{h}' and '{prefix}mean'."""
+        scored = [c for c in self.cells if c["score"] is not None]
+        out = {f"{prefix}{c['task']}/len{c['length']}/hops{c['hops']}": c["score"] for c in scored}
+        if scored:
+            out[f"{prefix}mean"] = sum(c["score"] for c in scored) / len(scored)
+        return out
+
+
+def run_suite(
+    model, tokenizer: PreTrainedTokenizerBase | None, spec: SuiteSpec, progress: bool = True
+) -> SuiteResult:
+    """Every cell of `spec` on `model` (eval mode, no grad). `tokenizer` may be None for a vocab-256
+    model (byte-level) or a suite of token tasks only."""
+    if tokenizer is None and model.config.vocab_size == 256:
+        tokenizer = byte_tokenizer()
+    cells = spec.cells()
+    result = SuiteResult()
+    bar = tqdm(total=len(cells) * spec.samples, desc="eval", unit="sample", disable=not progress)
+    was_training = model.training
+    model.eval()
+    try:
+        for task, length, hops in cells:
+            bar.set_postfix_str(f"{task} len={length} hops={hops}")
+            options = spec.options.get(task, {})
+            if task in TOKEN_TASKS:
+                cell = run_token_cell(model, task, length, hops, spec, options)
+            elif tokenizer is None:
+                cell = skipped(task, length, hops, "no tokenizer for a text task")
+            else:
+                cell = run_text_cell(
+                    model, tokenizer, task, length, hops, spec, options, result.predictions, bar
+                )
+            result.cells.append(cell)
+            bar.n = len(result.cells) * spec.samples
+            bar.refresh()
+    finally:
+        model.train(was_training)
+        bar.close()
+    return result
+
+
+def evaluate_suite(
+    model, tokenizer: PreTrainedTokenizerBase | None, suite_spec: SuiteSpec | dict
+) -> dict[str, float]:
+    """Training hook: the suite as a validation step -> {'eval/{task}/len{L}/hops{h}': score, 'eval/mean': ...}."""
+    spec = suite_spec if isinstance(suite_spec, SuiteSpec) else SuiteSpec.from_dict(suite_spec)
+    return run_suite(model, tokenizer, spec, progress=False).metrics()
+
+
+def skipped(task: str, length: int, hops: int, reason: str) -> dict:
+    return {"task": task, "length": length, "hops": hops, "score": None, "n": 0, "skipped": reason}
+
+
+def run_token_cell(model, task: str, length: int, hops: int, spec: SuiteSpec, options: dict) -> dict:
+    from .token_tasks import mqar_cell, token_accuracy
+
+    assert task == "mqar", task
+    try:
+        ids, labels, meta = mqar_cell(
+            model.config.vocab_size, length, hops, spec.samples, spec.seed, **options
+        )
+    except ValueError as err:  # the vocabulary or length cannot hold this cell
+        return skipped(task, length, hops, str(err))
+    accuracy, exact = token_accuracy(model, ids, labels, spec.batch_size)
+    return {
+        "task": task,
+        "length": length,
+        "hops": hops,
+        "score": accuracy,
+        "n": spec.samples,
+        "metric": "answer_token_exact_match",
+        "sample_exact_match": exact,
+        **meta,
+    }
+
+
+def run_text_cell(model, tokenizer, task, length, hops, spec, options, predictions: list, bar) -> dict:
+    try:
+        samples = [
+            make_sample(task, tokenizer, length, hops, spec.seed, i, **options) for i in range(spec.samples)
+        ]
+    except PromptTooLong as err:
+        return skipped(task, length, hops, str(err))
+    budget = max(len(encode(tokenizer, s.target)) for s in samples) + ANSWER_SLACK
+    outputs = greedy_generate(
+        model,
+        tokenizer,
+        [s.prompt for s in samples],
+        budget,
+        spec.batch_size,
+        on_batch=lambda n: bar.update(n),
+    )
+    scores = [score_text(out, s.answers, s.metric) for s, out in zip(samples, outputs, strict=True)]
+    for i, (s, out, score) in enumerate(zip(samples, outputs, scores, strict=True)):
+        predictions.append(
+            {
+                "task": task,
+                "length": length,
+                "hops": hops,
+                "index": i,
+                "answers": list(s.answers),
+                "prediction": out,
+                "score": score,
+                "meta": s.meta,
+            }
+        )
+    return {
+        "task": task,
+        "length": length,
+        "hops": hops,
+        "score": sum(scores) / len(scores),
+        "n": len(scores),
+        "metric": samples[0].metric,
+    }
+
+
+def run_eval(
+    paths: list[str | Path],
+    spec: SuiteSpec,
+    out_dir: str | Path,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate one model or several side by side (`--compare`); write eval.json, eval.md,
+    predictions.jsonl and PNG plots into `out_dir`. Returns the eval.json content."""
+    from .plots import plot_heatmaps, plot_lines
+    from .report import markdown_report
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in paths]
+    report = {"suite": spec.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": []}
+    with (out_dir / "predictions.jsonl").open("w") as log:
+        for name, path in zip(model_names(paths), paths, strict=True):
+            model, tokenizer, model_dir = load_model(path, device)
+            if progress:
+                print(f"attnlab eval: {name} ({model_dir}) on suite {spec.suite}", flush=True)
+            start = time.perf_counter()
+            result = run_suite(model, tokenizer, spec, progress)
+            report["models"].append(
+                {
+                    "name": name,
+                    "path": str(model_dir),
+                    "seconds": round(time.perf_counter() - start, 2),
+                    "cells": result.cells,
+                }
+            )
+            for row in result.predictions:
+                log.write(json.dumps({"model": name, **row}) + "\n")
+            del model
+    (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "eval.md").write_text(markdown_report(report))
+    plot_lines(report, out_dir / "accuracy_vs_length.png")
+    plot_heatmaps(report, out_dir / "heatmap.png")
+    return report
+
+
+# The README comparison (issue 5): tiny full-attention vs lightning vs 1:1 hybrid models trained on
+# k-hop MQAR, evaluated beyond their training length and at more hops. kv pairs scale with length
+# (Zoology's seq/16), so longer contexts also hold more pairs: a fixed-size state must degrade.
+# Non-query positions are 0 as in configs/train/mqar.yaml (Zoology figure 2); the generator options
+# must match the training data's.
+KHOP_MQAR_COMPARISON = SuiteSpec(
+    suite="mqar",
+    lengths=(64, 128, 256, 512, 1024),
+    hops=(1, 2, 4),
+    samples=128,
+    options={"mqar": {"random_non_queries": False}},
+)
+
+
+def compare_models(
+    model_dirs: list[str | Path],
+    out_dir: str | Path,
+    spec: SuiteSpec | dict | None = None,
+    device: str | None = None,
+) -> dict:
+    """Several trained models side by side on one suite (default: the k-hop MQAR comparison);
+    writes the same files as `attnlab eval PATH --compare ...`."""
+    spec = spec or KHOP_MQAR_COMPARISON
+    spec = spec if isinstance(spec, SuiteSpec) else SuiteSpec.from_dict(spec)
+    return run_eval(model_dirs, spec, out_dir, device)

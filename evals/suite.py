@@ -1,0 +1,112 @@
+"""Suites: named task lists plus the grid (lengths x hops) and sampling settings of a run.
+
+A `SuiteSpec` is what the runner, the training hook and the lm-eval tasks share; it is built from
+CLI flags or from a plain dict (a trainer's YAML), and validates itself so a bad value fails with a
+message naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from . import tasks  # noqa: F401  (registers every text task)
+from .registry import TEXT_TASKS
+
+TOKEN_TASKS = ("mqar",)  # teacher-forced, token-level (evals/mqar.py); k-hop when hops > 1
+
+SUITES: dict[str, tuple[str, ...]] = {
+    # multi-hop reasoning over long context, with single-hop retrieval (niah_multikey) as control
+    "multihop": ("mqar", "variable_tracking", "facts", "niah_multikey"),
+    "ruler": ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "variable_tracking"),
+    "copy": ("copy", "ngram_lookup"),
+    "mqar": ("mqar",),
+    "text": (
+        "variable_tracking",
+        "facts",
+        "niah_single",
+        "niah_multikey",
+        "niah_multivalue",
+        "niah_multiquery",
+        "copy",
+        "ngram_lookup",
+    ),
+}
+
+
+def all_tasks() -> tuple[str, ...]:
+    return TOKEN_TASKS + tuple(sorted(TEXT_TASKS))
+
+
+def max_hops(task: str) -> int | None:
+    return None if task in TOKEN_TASKS else TEXT_TASKS[task].max_hops
+
+
+@dataclass
+class SuiteSpec:
+    suite: str = "multihop"
+    lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
+    hops: tuple[int, ...] = (1, 2, 4)
+    samples: int = 20  # per (task, length, hops) cell
+    seed: int = 1234
+    batch_size: int = 8
+    tasks: tuple[str, ...] | None = None  # None: the suite's tasks
+    options: dict[str, dict] = field(default_factory=dict)  # per-task generator options
+
+    def __post_init__(self):
+        if self.suite not in SUITES:
+            raise ValueError(f"suite {self.suite!r} is unknown; allowed: {', '.join(SUITES)}")
+        self.lengths = tuple(self.lengths)
+        self.hops = tuple(self.hops)
+        for name in ("lengths", "hops"):
+            values = getattr(self, name)
+            if not values or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
+            ):
+                raise ValueError(f"suite {name} = {values!r}: expected a non-empty list of positive integers")
+        for name in ("samples", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"suite {name} = {value!r}: expected a positive integer")
+        if self.tasks is not None:
+            self.tasks = tuple(self.tasks)
+            unknown = [t for t in self.tasks if t not in all_tasks()]
+            if unknown or not self.tasks:
+                raise ValueError(
+                    f"suite tasks {list(unknown or self.tasks)} unknown; allowed: {', '.join(all_tasks())}"
+                )
+        unknown = sorted(set(self.options) - set(all_tasks()))
+        if unknown:
+            raise ValueError(
+                f"suite options for unknown task(s) {unknown}; allowed: {', '.join(all_tasks())}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SuiteSpec:
+        allowed = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ValueError(
+                f"suite spec has unknown field(s) {unknown}; allowed: {', '.join(sorted(allowed))}"
+            )
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        """JSON-ready (lists, not tuples), so a saved spec compares equal to a loaded one."""
+        out = asdict(self)
+        out.update(lengths=list(self.lengths), hops=list(self.hops), task_names=list(self.task_names))
+        out["tasks"] = None if self.tasks is None else list(self.tasks)
+        return out
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return self.tasks if self.tasks is not None else SUITES[self.suite]
+
+    def cells(self) -> list[tuple[str, int, int]]:
+        """(task, length, hops) for every task and every hops value it supports."""
+        out = []
+        for task in self.task_names:
+            limit = max_hops(task)
+            for hops in self.hops:
+                if limit is None or hops <= limit:
+                    out += [(task, length, hops) for length in self.lengths]
+        return out

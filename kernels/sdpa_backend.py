@@ -1,0 +1,82 @@
+"""`sdpa` backend: torch's `F.scaled_dot_product_attention` for the softmax ops (a peer as well as a
+backend: on a GPU it is flash/memory-efficient attention, on a CPU torch's fused kernel).
+
+SDPA has no sink argument, so a sink rides along as one extra key: queries get a constant extra
+channel 1, real keys a 0 there, and the sink key is (0, ..., 0, sink_h / scale) with a zero value.
+Its scaled logit is exactly sink_h and its value adds nothing, which is the GPT-OSS definition.
+A per-head sink needs per-head keys, so with sinks the kv heads are expanded to the query heads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .attention_ops import PAGED, SWA, default_scale
+from .mla_ops import MLA
+from .registry import register_solution
+from .softmax_attention import causal_window_mask
+
+
+def _with_sink_key(q, k, v, sinks, scale, mask):
+    """q [B, H, Tq, D], k/v [B, H, Tk, D*], mask [.., Tq, Tk] -> the same with one sink key appended."""
+    b, h, tq, _ = q.shape
+    ones = q.new_ones(b, h, tq, 1)
+    q = torch.cat([q, ones], dim=-1)
+    k = torch.cat([k, k.new_zeros(*k.shape[:-1], 1)], dim=-1)
+    sink_key = torch.cat(
+        [
+            k.new_zeros(b, h, 1, k.shape[-1] - 1),
+            (sinks / scale).view(1, h, 1, 1).expand(b, -1, -1, -1).to(k.dtype),
+        ],
+        -1,
+    )
+    k = torch.cat([k, sink_key], dim=2)
+    v = torch.cat([v, v.new_zeros(b, h, 1, v.shape[-1])], dim=2)
+    mask = torch.cat([mask, mask.new_ones(*mask.shape[:-1], 1)], dim=-1)
+    return q, k, v, mask
+
+
+def _sdpa(q, k, v, mask, scale, sinks):
+    """q [B, H, Tq, D], k/v [B, Hkv, Tk, D*], bool mask broadcastable to [B, H, Tq, Tk]."""
+    h, hkv = q.shape[1], k.shape[1]
+    if sinks is not None:
+        k, v = k.repeat_interleave(h // hkv, dim=1), v.repeat_interleave(h // hkv, dim=1)
+        q, k, v, mask = _with_sink_key(q, k, v, sinks, scale, mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=h != k.shape[1])
+
+
+def swa_prefill_sdpa(q, k, v, scale=None, window=None, sinks=None):
+    tq, tk = q.shape[1], k.shape[1]
+    scale = default_scale(scale, q.shape[-1])
+    mask = causal_window_mask(tq, tk, tk - tq, 0, window, q.device)  # [Tq, Tk]
+    o = _sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, scale, sinks)
+    return o.transpose(1, 2)  # [B, Tq, H, Dv]
+
+
+def paged_attn_decode_sdpa(q, k_cache, v_cache, block_table, seq_lens, scale=None, sinks=None):
+    table = block_table.long()
+    k = k_cache[table].flatten(1, 2).transpose(1, 2)  # [N, Hkv, S, D]
+    v = v_cache[table].flatten(1, 2).transpose(1, 2)
+    mask = (torch.arange(k.shape[2], device=q.device)[None, :] < seq_lens[:, None])[
+        :, None, None
+    ]  # [N,1,1,S]
+    o = _sdpa(q[:, :, None], k, v, mask, default_scale(scale, q.shape[-1]), sinks)  # [N, H, 1, Dv]
+    return o[:, :, 0]
+
+
+def mla_decode_sdpa(q_lat, q_pe, c_kv, k_pe, scale):
+    tq, s = q_lat.shape[1], c_kv.shape[1]
+    q = torch.cat([q_lat, q_pe], dim=-1).transpose(1, 2)  # [B, H, Tq, R+Dr]
+    k = torch.cat([c_kv, k_pe], dim=-1)[:, None]  # [B, 1, S, R+Dr]: one shared key head (MQA)
+    mask = causal_window_mask(tq, s, s - tq, 0, None, q.device)
+    o = F.scaled_dot_product_attention(q, k, c_kv[:, None], attn_mask=mask, scale=scale, enable_gqa=True)
+    return o.transpose(1, 2)  # [B, Tq, H, R]
+
+
+_kw = {"language": "pytorch", "target_hardware": ["cpu", "cuda"], "backward": True}
+register_solution(
+    SWA, "sdpa", swa_prefill_sdpa, description="F.scaled_dot_product_attention, sink as a key", **_kw
+)
+register_solution(PAGED, "sdpa", paged_attn_decode_sdpa, description="gather pages, then SDPA", **_kw)
+register_solution(MLA, "sdpa", mla_decode_sdpa, description="SDPA with one shared latent key head", **_kw)

@@ -1,0 +1,127 @@
+"""`attnlab probe PATH`: head scores, heatmaps, ablation and a summary for one model.
+
+attnlab probe runs/my_run --probes retrieval,induction --ablate top:8 --out runs/my_run/probe
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .ablation import parse_ablate
+from .load import model_folder
+from .target import MODES
+
+DEFAULT_PROBES = "retrieval,induction,previous_token,duplicate,prefix_matching"
+
+
+def probe_list(text: str) -> list[str]:
+    from .registry import probe_names
+
+    allowed = probe_names()
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown probe(s) {', '.join(unknown) or '(none given)'}; allowed: {', '.join(allowed)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def ablate_spec(text: str) -> int:
+    try:
+        return parse_ablate(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def existing_model(text: str) -> str:
+    try:
+        model_folder(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def register(sub) -> None:
+    from attnlab.cli import positive_int
+
+    from .registry import probe_names
+
+    p = sub.add_parser("probe", help="score attention heads (retrieval, induction, ...) and ablate them")
+    p.add_argument(
+        "path", metavar="PATH", type=existing_model, help="attnlab run dir (with hf/) or HF model folder"
+    )
+    p.add_argument(
+        "--probes",
+        type=probe_list,
+        default=probe_list(DEFAULT_PROBES),
+        help=f"comma list (default: {DEFAULT_PROBES})",
+    )
+    p.add_argument(
+        "--ablate", type=ablate_spec, default=None, metavar="top:K", help="mask the top K heads vs K random"
+    )
+    p.add_argument(
+        "--ablate-by", choices=probe_names(), default="retrieval", help="probe whose scores rank heads"
+    )
+    p.add_argument(
+        "--mask", choices=MODES, default="uniform", help="uniform attention (Wu et al.) or zero output"
+    )
+    p.add_argument("--draws", type=positive_int, default=5, help="random head sets to compare against")
+    p.add_argument("--out", default="runs/probe", help="output directory")
+    p.add_argument("--max-context", type=positive_int, default=None, help="cap on NIAH prompt+answer tokens")
+    p.add_argument(
+        "--seq-len", type=positive_int, default=50, help="random tokens per repeat (induction etc.)"
+    )
+    p.add_argument("--batch", type=positive_int, default=10, help="repeated sequences per pattern probe")
+    p.add_argument(
+        "--prefix-len", type=positive_int, default=25, help="random tokens per repeat (prefix matching)"
+    )
+    p.add_argument("--niah-lengths", type=positive_int, default=4, help="NIAH context lengths in the grid")
+    p.add_argument("--niah-depths", type=positive_int, default=5, help="NIAH needle depths in the grid")
+    p.add_argument(
+        "--niah-needles", type=positive_int, default=2, help="NIAH needles per (length, depth) cell"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_probe)
+
+
+def cmd_probe(args) -> int:
+    from .load import load_model
+    from .probe import ProbeSettings
+    from .runner import run_probes
+    from .target import ProbeTarget
+
+    settings = ProbeSettings(
+        seed=args.seed,
+        batch=args.batch,
+        seq_len=args.seq_len,
+        prefix_len=args.prefix_len,
+        niah_lengths=args.niah_lengths,
+        niah_depths=args.niah_depths,
+        niah_needles=args.niah_needles,
+        max_context=args.max_context,
+        progress=not args.no_progress,
+    )
+    print(f"attnlab probe: {args.path} -> {args.out} ({', '.join(args.probes)})", flush=True)
+    try:
+        target = ProbeTarget.wrap(load_model(args.path, device=args.device))
+        run_probes(
+            target,
+            args.probes,
+            settings,
+            Path(args.out),
+            source=str(args.path),
+            ablate_k=args.ablate,
+            ablate_by=args.ablate_by,
+            mode=args.mask,
+            draws=args.draws,
+        )
+    except ValueError as err:  # settings that do not fit this model (k, context, vocabulary)
+        print(f"attnlab probe: error: {err}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "probe.md").read_text())
+    return 0

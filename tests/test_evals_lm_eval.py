@@ -1,0 +1,92 @@
+"""The suite through lm-eval, offline, on a tiny random attnlab model: lm-eval's own CLI with
+`--model attnlab` (in a subprocess), and lm-eval's `hf` model in process. Checks that lm-eval feeds
+the generated prompts unchanged (exactly `length` tokens) and reports the attnlab scores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from attnlab import AttnLabConfig, AttnLabForCausalLM
+from attnlab.evals.lm_eval_data import include_path
+from attnlab.evals.tokenizer import byte_tokenizer
+
+pytest.importorskip("lm_eval")
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+METADATA = {"lengths": [512], "hops": [1, 2], "samples": 2}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = AttnLabConfig(
+        vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, layers="LF"
+    )
+    path = tmp_path_factory.mktemp("lm_eval") / "tiny"
+    AttnLabForCausalLM(cfg).save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)  # lm-eval's hf model needs tokenizer files
+    return path
+
+
+def test_packaged_task_yamls_define_the_multihop_group():
+    names = {p.name for p in include_path().iterdir()}
+    assert {
+        "attnlab_multihop.yaml",
+        "attnlab_variable_tracking.yaml",
+        "attnlab_facts.yaml",
+        "_common_yaml",
+    } <= names
+
+
+def test_lm_eval_cli_runs_the_multihop_group_with_the_attnlab_model(model_dir, tmp_path):
+    command = [
+        sys.executable, "-m", "attnlab.cli", "lm-eval",
+        "--model", "attnlab", "--model_args", f"pretrained={model_dir}",
+        "--tasks", "attnlab_multihop", "--include_path", str(include_path()),
+        "--metadata", json.dumps(METADATA), "--device", "cpu", "--batch_size", "4",
+        "--output_path", str(tmp_path), "--log_samples",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, **OFFLINE}, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (results_file,) = tmp_path.glob("*/results_*.json")
+    results = json.loads(results_file.read_text())["results"]
+    assert 0.0 <= results["attnlab_multihop"]["score,none"] <= 1.0
+    assert results["attnlab_variable_tracking"]["len_512,none"] >= 0  # cells at 512 were scored
+    assert results["attnlab_variable_tracking"]["len_1024,none"] == -1  # no cells at 1024
+    samples = [
+        json.loads(line)
+        for f in tmp_path.glob("*/samples_attnlab_variable_tracking_*.jsonl")
+        for line in f.open()
+    ]
+    assert len(samples) == 2 * 2  # 2 hops x 2 samples at one length
+    for s in samples:
+        context = s["arguments"]["gen_args_0"]["arg_0"]
+        assert context == s["doc"]["prompt"] and len(context.encode()) == 512
+
+
+def test_lm_eval_hf_model_runs_an_attnlab_task_in_process(model_dir):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    os.environ.update(OFFLINE)
+    # With an explicit TaskManager, lm-eval does not merge model_args into the task metadata.
+    manager = TaskManager(
+        include_path=str(include_path()), metadata={"pretrained": str(model_dir), **METADATA, "hops": [1]}
+    )
+    out = lm_eval.simple_evaluate(
+        model="hf",
+        model_args={"pretrained": str(model_dir), "device": "cpu"},
+        tasks=["attnlab_niah_single"],
+        task_manager=manager,
+        batch_size=1,  # hf left-pads batches, which attnlab models reject
+    )
+    assert 0.0 <= out["results"]["attnlab_niah_single"]["score,none"] <= 1.0
+    assert out["results"]["attnlab_niah_single"]["sample_len"] == 2

@@ -1,0 +1,124 @@
+"""Triton kernels on CPU under TRITON_INTERPRET=1, tiny fp32 shapes, against the torch references.
+
+Not collected by the main run (the name does not match test_*.py): test_kernels_triton.py runs
+this file in a subprocess with TRITON_INTERPRET=1, which must be set before triton is imported and
+would otherwise leak into every other test. The interpreter is exact for fp32 dots (and wrong for
+bf16 ones), so only fp32 is checked here; bf16 speed and accuracy need a GPU (`attnlab bench kernels`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("run through test_kernels_triton.py (needs TRITON_INTERPRET=1)", allow_module_level=True)
+
+import torch  # noqa: E402
+
+from attnlab.kernels import lightning_decode, lightning_prefill, paged_attn_decode, swa_prefill  # noqa: E402
+from attnlab.kernels.lightning_attention import lightning_recurrent  # noqa: E402
+
+SLOPE = torch.tensor([0.9, 0.05])
+
+
+def rand(*shape, seed=0, scale=1.0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def with_grads(fn, tensors, weights):
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    outs = fn(*leaves)
+    loss = sum((o * w).sum() for o, w in zip(outs, weights, strict=True))
+    return [o.detach() for o in outs], torch.autograd.grad(loss, leaves)
+
+
+def assert_all_close(xs, ys):
+    for x, y in zip(xs, ys, strict=True):
+        torch.testing.assert_close(x, y, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("t, dk, dv", [(37, 16, 16), (16, 12, 20)])  # odd length; head dims off powers of 2
+def test_lightning_prefill_forward_and_backward(t, dk, dv):
+    q, k, v = (
+        rand(2, t, 2, dk, seed=1, scale=0.4),
+        rand(2, t, 2, dk, seed=2, scale=0.4),
+        rand(2, t, 2, dv, seed=3),
+    )
+    h0 = rand(2, 2, dk, dv, seed=4, scale=0.3)
+    weights = [rand(2, t, 2, dv, seed=5), rand(2, 2, dk, dv, seed=6)]
+
+    def tri(q, k, v, h0):
+        return lightning_prefill(q, k, v, SLOPE, h0, True, chunk_size=16, backend="triton")
+
+    def ref(q, k, v, h0):
+        return lightning_recurrent(q, k, v, SLOPE, h0)
+
+    outs, grads = with_grads(tri, [q, k, v, h0], weights)
+    ref_outs, ref_grads = with_grads(ref, [q, k, v, h0], weights)
+    assert_all_close(outs, ref_outs)
+    assert_all_close(grads, ref_grads)  # dq, dk, dv and the initial-state gradient
+
+
+def test_lightning_prefill_pack_matches_per_sequence_loop():
+    cu = torch.tensor([0, 5, 5, 42, 43])  # lengths 5, 0 (empty), 37, 1
+    q, k, v = (rand(1, 43, 2, 16, seed=s, scale=0.4) for s in (7, 8, 9))
+    h0 = rand(4, 2, 16, 16, seed=10, scale=0.3)
+    w_o, w_s = rand(1, 43, 2, 16, seed=11), rand(4, 2, 16, 16, seed=12)
+
+    def tri(q, k, v, h0):
+        return lightning_prefill(q, k, v, SLOPE, h0, True, cu_seqlens=cu, chunk_size=16, backend="triton")
+
+    def loop(q, k, v, h0):
+        outs, finals = [], []
+        for i, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
+            if a == b:
+                finals.append(h0[i : i + 1])
+                continue
+            o, s = lightning_recurrent(q[:, a:b], k[:, a:b], v[:, a:b], SLOPE, h0[i : i + 1])
+            outs.append(o)
+            finals.append(s)
+        return torch.cat(outs, 1), torch.cat(finals)
+
+    outs, grads = with_grads(tri, [q, k, v, h0], [w_o, w_s])
+    ref_outs, ref_grads = with_grads(loop, [q, k, v, h0], [w_o, w_s])
+    assert_all_close(outs, ref_outs)
+    assert_all_close(grads, ref_grads)
+
+
+@pytest.mark.parametrize("with_state", [True, False])
+def test_lightning_decode_step(with_state):
+    q, k, v = rand(3, 2, 16, seed=13), rand(3, 2, 16, seed=14), rand(3, 2, 16, seed=15)
+    state = rand(3, 2, 16, 16, seed=16) if with_state else None
+    o, s = lightning_decode(q, k, v, SLOPE, state, backend="triton")
+    o_ref, s_ref = lightning_recurrent(q[:, None], k[:, None], v[:, None], SLOPE, state)
+    assert_all_close([o, s], [o_ref[:, 0], s_ref])
+
+
+@pytest.mark.parametrize(
+    "tq, tk, window, sinks",
+    [(37, 37, 5, True), (37, 37, None, False), (9, 50, 8, True), (1, 20, 4, False), (70, 70, None, True)],
+)
+def test_swa_prefill_with_sinks(tq, tk, window, sinks):
+    q, k, v = rand(2, tq, 4, 16, seed=17), rand(2, tk, 2, 16, seed=18), rand(2, tk, 2, 16, seed=19)
+    s = rand(4, seed=20) if sinks else None
+    o = swa_prefill(q, k, v, window=window, sinks=s, backend="triton")
+    assert_all_close([o], [swa_prefill(q, k, v, window=window, sinks=s, backend="torch")])
+
+
+@pytest.mark.parametrize("kv_heads, sinks", [(2, True), (4, False), (1, True)])
+def test_paged_decode(kv_heads, sinks):
+    page, lens = 4, [5, 1, 16, 9]
+    gen = torch.Generator().manual_seed(21)
+    num_pages = 16  # each sequence owns 4 distinct, shuffled physical pages
+    table = torch.randperm(num_pages, generator=gen).view(4, 4).to(torch.int32)
+    q = rand(4, 4, 16, seed=22)
+    k_cache, v_cache = (
+        rand(num_pages, page, kv_heads, 16, seed=23),
+        rand(num_pages, page, kv_heads, 16, seed=24),
+    )
+    s = rand(4, seed=25) if sinks else None
+    args = (q, k_cache, v_cache, table, torch.tensor(lens, dtype=torch.int32))
+    o = paged_attn_decode(*args, sinks=s, backend="triton")
+    assert_all_close([o], [paged_attn_decode(*args, sinks=s, backend="torch")])

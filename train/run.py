@@ -1,0 +1,173 @@
+"""One training run, start to end, in its run directory:
+
+<run_dir>/config.yaml        the resolved config (every default filled in)
+<run_dir>/metrics.jsonl      train loss/acc/lr/tokens-per-s every log_every steps, val rows
+<run_dir>/logs/version_N/    Lightning CSV logs (and TensorBoard when installed)
+<run_dir>/checkpoints/       last.ckpt + the newest keep_checkpoints periodic ones
+<run_dir>/tokenizer/         the trained BPE (data.text.tokenizer: bpe), reused on resume
+<run_dir>/hf/                save_pretrained export (+ tokenizer) for probes, evals, serve
+<run_dir>/result.json        status, final metrics, params, state bytes, FLOPs/token — written
+                             last, so its presence with status "finished" marks a finished run
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from .callbacks import GuardedCheckpoint, MetricsLog
+from .config import TrainConfig, dump_config, load_config
+from .data import TrainData, build_data
+from .metrics import flops_per_token, parameter_counts
+from .module import CausalLMModule
+
+# Fields that change how a run executes, not what it computes.
+EXECUTION_ONLY = {"progress_bar", "threads"}
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    values = cfg.to_dict()
+    values["trainer"] = {k: v for k, v in values["trainer"].items() if k not in EXECUTION_ONLY}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_result(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "result.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_json(path: Path, values: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(values, indent=2) + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a result
+
+
+def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback] = ()) -> dict:
+    """Run (or, with resume, continue) one training run; returns the contents of result.json."""
+    started = time.perf_counter()
+    run_dir = Path(cfg.run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if not resume and ckpt_dir.exists() and any(ckpt_dir.glob("*.ckpt")):
+        raise ValueError(
+            f"run_dir {str(run_dir)!r} already holds checkpoints; pass --resume to continue that run, "
+            f"or choose another run_dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "result.json").unlink(missing_ok=True)  # not finished until this attempt says so
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+
+    t = cfg.trainer
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    if t.compile:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(run_dir / ".inductor"))
+    L.seed_everything(cfg.seed, verbose=False)
+
+    data = build_data(cfg.data, run_dir, cfg.seed)
+    model_kwargs = cfg.model.hf_kwargs(data.vocab_size)
+    if model_kwargs["vocab_size"] < data.vocab_size:
+        raise ValueError(
+            f"model.vocab_size = {model_kwargs['vocab_size']} is smaller than the data's vocabulary "
+            f"({data.vocab_size}); leave it unset to use the data's"
+        )
+    module = CausalLMModule(
+        model_kwargs, dataclasses.asdict(cfg.optim), t.max_steps, [s.name for s in data.slices]
+    )
+    if t.compile:
+        module.model.compile()  # in place: state_dict keys (and checkpoints) stay the same
+
+    log = MetricsLog(run_dir / "metrics.jsonl", t.log_every)
+    checkpoints = GuardedCheckpoint(
+        dirpath=ckpt_dir,
+        filename="step-{step:.0f}",
+        auto_insert_metric_name=False,
+        monitor="step",  # ModelCheckpoint's own global_step candidate: top-k by step = the newest k
+        mode="max",
+        save_top_k=t.keep_checkpoints,
+        every_n_train_steps=t.checkpoint_every,
+        save_last=True,
+    )
+    loggers = [CSVLogger(run_dir, name="logs")]
+    if importlib.util.find_spec("tensorboard"):
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(run_dir, name="tensorboard"))
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_steps=t.max_steps,
+        max_epochs=-1,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        precision=t.precision,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        val_check_interval=t.val_every * t.accumulate_grad_batches,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every,
+        logger=loggers,
+        callbacks=[checkpoints, log, *callbacks],
+        enable_progress_bar=t.progress_bar,
+        enable_model_summary=False,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        use_distributed_sampler=False,  # StepSampler splits batches across ranks itself
+    )
+    datamodule = TrainData(data, cfg.seed)
+    ckpt_path = str(last) if resume and last.exists() else None
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    if module.stop_reason:
+        status = "stopped"
+    elif trainer.global_step >= t.max_steps:
+        status = "finished"
+    else:
+        status = "interrupted"
+    model = module.model
+    result = {
+        "status": status,
+        "message": module.stop_reason,
+        "step": trainer.global_step,
+        "resumed_from": ckpt_path,
+        "strategy": type(trainer.strategy).__name__,
+        "world_size": trainer.world_size,
+        "config_hash": config_hash(cfg),
+        **parameter_counts(model),
+        "state_bytes": model.state_bytes(data.seq_len),
+        **(
+            {f"state_bytes@{s.name}": model.state_bytes(s.seq_len) for s in data.slices}
+            if len(data.slices) > 1
+            else {}
+        ),
+        "eval_len": data.seq_len,
+        "flops_per_token": flops_per_token(model, data.seq_len),
+        "tokens_per_s": log.mean_tokens_per_s(),
+    }
+    if status == "finished":
+        trainer.save_checkpoint(last)  # the final step, even when max_steps % checkpoint_every != 0
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        result.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+        if trainer.is_global_zero:
+            model.save_pretrained(run_dir / "hf")
+            if data.tokenizer is not None:
+                data.tokenizer.save_pretrained(run_dir / "hf")
+    result["wall_s"] = time.perf_counter() - started
+    if trainer.is_global_zero:
+        write_json(run_dir / "result.json", result)
+    return result
+
+
+def train_from_file(config_path: str, resume: bool = True) -> dict:
+    """Entry point for sweep executors (subprocesses, submitit): the run's own config.yaml."""
+    return train(load_config(config_path), resume=resume)

@@ -1,0 +1,30 @@
+"""Synthetic tasks for training: name -> generator of (input_ids [N, T], labels [N, T]).
+
+Generators live in evals/ (shared with the eval suite); a new task is one function there plus one
+line here. Labels are aligned with input_ids (-100 off the answers), so loss is only on answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..evals.mqar import mqar
+
+
+def mqar_task(task, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # hops > 1 is k-hop MQAR (chains A -> B -> C, issue 5).
+    return mqar(
+        num_examples,
+        task.seq_len,
+        task.num_kv_pairs,
+        task.vocab_size,
+        seed,
+        power_a=task.power_a,
+        hops=task.hops,
+        random_non_queries=task.random_non_queries,
+    )
+
+
+TASKS: dict[str, Callable] = {"mqar": mqar_task}

@@ -1,0 +1,86 @@
+"""Tokenizers for text corpora, all as Hugging Face fast tokenizers (so `<run_dir>/hf` loads with
+AutoTokenizer for probes, evals and serve):
+
+- `byte` (default, no files): id == UTF-8 byte value, 256 ids. Built as a byte-level BPE with no
+  merges, using GPT-2's printable byte alphabet (the `tokenizers` ByteLevel convention);
+- `bpe`: a byte-level BPE trained with `tokenizers` on the corpus, cached in `<run_dir>/tokenizer`;
+- anything else: a path to a Hugging Face tokenizer (loaded offline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+EOS = "<|endoftext|>"
+
+
+def byte_alphabet() -> dict[int, str]:
+    """GPT-2's byte -> printable character map: printable Latin-1 bytes map to themselves, the rest
+    to chr(256 + n) in byte order (the alphabet of `pre_tokenizers.ByteLevel`)."""
+    printable = {*range(33, 127), *range(161, 173), *range(174, 256)}
+    table, shifted = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + shifted)
+            shifted += 1
+    return table
+
+
+BYTE_VOCAB = {char: b for b, char in byte_alphabet().items()}
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(vocab=BYTE_VOCAB, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, cache_dir: Path) -> PreTrainedTokenizerFast:
+    """Train once per run dir; later calls (and a resumed run) load the cached tokenizer."""
+    path = cache_dir / "tokenizer.json"
+    if not path.exists():
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOS],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte stays encodable
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tok.save(str(tmp))
+        tmp.replace(path)  # atomic: a killed run never leaves a half-written cache
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token=EOS)
+
+
+def build_tokenizer(
+    kind: str, cache_dir: Path, texts: Callable[[], Iterable[str]], bpe_vocab_size: int
+) -> PreTrainedTokenizerFast:
+    if kind == "byte":
+        return byte_tokenizer()
+    if kind == "bpe":
+        return train_bpe(texts(), bpe_vocab_size, cache_dir)
+    return AutoTokenizer.from_pretrained(kind)  # a local folder (checked by the config)
+
+
+def is_byte_tokenizer(tokenizer) -> bool:
+    return len(tokenizer) == 256 and tokenizer.get_vocab() == BYTE_VOCAB
+
+
+def encode(tokenizer, texts: list[str]) -> list[np.ndarray]:
+    """Texts -> token ids, one int array per text; bytes directly for the byte tokenizer (same ids)."""
+    if is_byte_tokenizer(tokenizer):
+        return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8) for t in texts]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [np.asarray(x, dtype=np.int64) for x in ids]
