@@ -56,7 +56,13 @@ def load_documents(text) -> list[str]:
     import datasets
 
     if text.dataset:
-        ds = datasets.load_dataset(text.dataset, split=text.split)
+        try:
+            ds = datasets.load_dataset(text.dataset, split=text.split)
+        except Exception as err:  # noqa: BLE001 - network, auth, missing split: one clear message
+            raise ValueError(
+                f"data.text.dataset = {text.dataset!r} (split {text.split!r}) could not be loaded: {err}; "
+                f"an offline machine needs local data.text.files"
+            ) from None
     else:
         files = list(text.files) or stdlib_sources()
         builder = builder_for(files)

@@ -71,7 +71,9 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback
     if t.threads:
         torch.set_num_threads(t.threads)
     if t.compile:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(run_dir / ".inductor"))
+        # Not setdefault: inductor writes its default into this variable the first time anything asks
+        # for its cache dir, so "already set" does not mean the user chose it.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(run_dir.resolve() / ".inductor")
     L.seed_everything(cfg.seed, verbose=False)
 
     data = build_data(cfg.data, run_dir, cfg.seed)
