@@ -36,32 +36,50 @@ def byte_alphabet() -> dict[int, str]:
 BYTE_VOCAB = {char: b for b, char in byte_alphabet().items()}
 
 
+# Byte 0 (NUL) never occurs in the text we train or evaluate on, so it doubles as eos/pad without
+# growing the vocabulary past 256 (lm-eval's `hf` model needs a pad token).
+BYTE_SPECIAL = byte_alphabet()[0]
+
+
 def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """Every UTF-8 byte is one token and its id is the byte value; no regex split, no prefix space."""
     tok = Tokenizer(models.BPE(vocab=BYTE_VOCAB, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=BYTE_SPECIAL, pad_token=BYTE_SPECIAL)
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, cache_dir: Path) -> PreTrainedTokenizerFast:
-    """Train once per run dir; later calls (and a resumed run) load the cached tokenizer."""
+def train_bpe(
+    texts: Iterable[str], vocab_size: int, cache_dir: Path | None = None
+) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained offline on `texts`. With a cache_dir it is trained once per run dir;
+    later calls (and a resumed run) load the cached tokenizer."""
+    if cache_dir is None:
+        return PreTrainedTokenizerFast(
+            tokenizer_object=_train_bpe(texts, vocab_size), eos_token=EOS, pad_token=EOS
+        )
     path = cache_dir / "tokenizer.json"
     if not path.exists():
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=[EOS],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte stays encodable
-            show_progress=False,
-        )
-        tok.train_from_iterator(texts, trainer=trainer)
+        tok = _train_bpe(texts, vocab_size)
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tok.save(str(tmp))
         tmp.replace(path)  # atomic: a killed run never leaves a half-written cache
-    return PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token=EOS)
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token=EOS, pad_token=EOS)
+
+
+def _train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte stays encodable
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
 
 
 def build_tokenizer(
