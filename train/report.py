@@ -9,6 +9,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..archs.demo import human_bytes
+
 FIELDS_LAST = [
     "status",
     "step",
@@ -119,14 +121,6 @@ def cell_text(cell, best_of: list[str]) -> str:
     if best_of:
         text += " (" + ", ".join(f"{a.split('.')[-1]} {run[a]}" for a in best_of) + ")"
     return text
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def pyplot():
