@@ -5,8 +5,7 @@ import json
 
 import pytest
 import torch
-from probes_helpers import one_thread  # noqa: F401
-from transformers import LlamaConfig, LlamaForCausalLM
+from probes_helpers import llama_dir, one_thread  # noqa: F401
 from variants import tiny_config
 
 from attnlab import AttnLabForCausalLM
@@ -18,25 +17,6 @@ SMALL = [
     "--niah-lengths", "2", "--niah-depths", "2", "--niah-needles", "1", "--max-context", "32",
     "--no-progress",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    path = tmp_path_factory.mktemp("llama")
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
 
 
 def test_probe_cli_on_a_local_llama_writes_scores_heatmaps_ablation_and_summary(llama_dir, tmp_path):

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from probes_helpers import one_thread  # noqa: F401
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from probes_helpers import llama_dir, one_thread  # noqa: F401
+from transformers import AutoModelForCausalLM
 from variants import tiny_config
 
 from attnlab import AttnLabForCausalLM
@@ -123,23 +123,6 @@ def test_decode_masks_only_the_decode_steps_and_clears_them():
     prompt = torch.randint(0, 64, (10,))
     greedy_decode(target, prompt, 3, heads=[(0, 0), (1, 3)], mode="uniform")
     assert not any(m.head_uniform.any() for m in target.mixers)
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    path = tmp_path_factory.mktemp("llama")
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
 
 
 def test_hf_maps_equal_eager_output_attentions(llama_dir):
