@@ -1,15 +1,13 @@
-"""lm-eval's own CLI, with attnlab registered first.
+"""lm-eval's own CLI with `--include_path` defaulting to the packaged task YAMLs.
 
-lm-eval 0.4.x resolves `--model NAME` against its built-in registry before any user code runs and
-has no plugin entry points (EleutherAI/lm-evaluation-harness#1621, #3282), so a plain `lm_eval
---model attnlab` cannot find an out-of-tree model. This launcher imports the adapter (which
-registers `attnlab`) and then hands the unchanged arguments to lm-eval's CLI:
+Plain `lm_eval --model attnlab ... --include_path "$(python -m attnlab.evals.lm_eval_data)"` works
+once attnlab is installed (its attnlab-lm-eval.pth registers the model: lm-eval 0.4.x has no plugin
+entry points, EleutherAI/lm-evaluation-harness#1621, #3282; see evals/lm_eval_plugin/). This
+launcher also registers the model itself (for installs without the .pth, e.g. `--target` dirs)
+and saves typing the include path:
 
-    python -m attnlab.evals.lm_eval_main --model attnlab --model_args pretrained=PATH \
-        --tasks attnlab_multihop --include_path "$(python -m attnlab.evals.lm_eval_data)"
     attnlab lm-eval --model attnlab --model_args pretrained=PATH --tasks attnlab_multihop
-
---include_path defaults to the packaged task YAMLs when not given.
+    python -m attnlab.evals.lm_eval_main ...   (the same)
 """
 
 from __future__ import annotations

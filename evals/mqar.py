@@ -3,21 +3,28 @@ REFERENCES.md "MQAR"), and its k-hop form (chains A -> B -> C ..., issue 5).
 
 One example of length T with C = num_kv_pairs chains of `hops` pairs each:
 
-    [k v k v ... k v]  [q a  noise  q a  noise noise  q a ...]
-     context: 2*C*hops   queries at power-law distributed slots
+    [k v k v ... k v]  [x0 x1 .. xh  noise  x0 x1 .. xh  noise noise ...]
+     context            one query slot per chain, at power-law distributed slots
 
 - keys (and the inner links of a chain) come from [1, V/2), final values from [V/2, V), all distinct
   within an example, so every answer is determined by the context;
 - with hops = h a chain is x0 -> x1 -> ... -> x_h, stored as h pairs (x_j, x_{j+1}) shuffled among all
-  other pairs; the query is x0 and its answer is x_h (hops = 1 is Zoology's MQAR exactly);
-- the query region is cut into (T - context) // 2 two-token slots; each chain is queried once, in a
+  other pairs; its query slot is the whole chain x0 x1 .. x_h and every link x1 .. x_h is an answer,
+  each predicted from the one before (RULER's variable tracking likewise answers with the whole
+  chain). So a chain is right under teacher forcing exactly when greedy decoding from x0 writes it
+  out, and hops = 1 is Zoology's MQAR exactly (slot `k v`, one answer);
+- `separator=True` writes each context pair as `0 k v`. Without it an inner link occurs twice in the
+  context (as the value of one pair and the key of the next) and only the parity of its position
+  says which occurrence is the key, which a model with relative positions (RoPE) cannot read; with
+  the separator the key occurrence is the one after a 0;
+- the query region is cut into (T - context) // (h + 1) slots; each chain is queried once, in a
   slot drawn without replacement with p(slot i) ∝ i^(power_a - 1), i = 1.. (power_a = 0.01 puts
   most queries soon after the context, a few far away);
 - every other position is a uniform random token from [0, V) (Zoology's default
   `random_non_queries=True`), or 0 with `random_non_queries=False` (Zoology's figure-2 setting).
 
 Labels are aligned with input_ids: labels[t] = input_ids[t] at answer positions, -100 elsewhere
-(the model shifts internally, so an answer is predicted from its query token).
+(the model shifts internally, so an answer is predicted from the token before it).
 """
 
 from __future__ import annotations
@@ -37,12 +44,14 @@ def mqar(
     power_a: float = 0.01,
     hops: int = 1,
     random_non_queries: bool = True,
+    separator: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (input_ids [N, T] int64, labels [N, T] int64), deterministic in `seed`."""
-    check_mqar_args(num_examples, seq_len, num_kv_pairs, vocab_size, power_a, hops)
+    check_mqar_args(num_examples, seq_len, num_kv_pairs, vocab_size, power_a, hops, separator)
     rng = np.random.default_rng(seed)
-    chains, context = num_kv_pairs, 2 * num_kv_pairs * hops
-    slots = (seq_len - context) // 2
+    chains, context = num_kv_pairs, context_tokens(num_kv_pairs, hops, separator)
+    width = hops + 1  # a query slot: the chain x0 x1 .. x_h
+    slots = (seq_len - context) // width
     slot_p = power_a * np.arange(1, slots + 1) ** (power_a - 1)
     slot_p /= slot_p.sum()
     half = vocab_size // 2
@@ -57,15 +66,28 @@ def mqar(
         values = half + rng.choice(vocab_size - half, size=(chains, 1), replace=False)
         path = np.concatenate([links, values], axis=1)  # [C, hops + 1]: x0 .. x_hops per chain
         pairs = np.stack([path[:, :-1], path[:, 1:]], axis=-1).reshape(-1, 2)  # [C*hops, 2]
-        ids[n, :context] = pairs[rng.permutation(len(pairs))].reshape(-1)
-        query_pos = context + 2 * rng.choice(slots, size=chains, replace=False, p=slot_p)  # [C]
-        ids[n, query_pos] = path[:, 0]
-        ids[n, query_pos + 1] = path[:, -1]
-        labels[n, query_pos + 1] = path[:, -1]
+        entries = pairs[rng.permutation(len(pairs))]  # [C*hops, 2]
+        if separator:
+            entries = np.concatenate([np.zeros_like(entries[:, :1]), entries], axis=1)  # [C*hops, 3]
+        ids[n, :context] = entries.reshape(-1)
+        query_pos = context + width * rng.choice(slots, size=chains, replace=False, p=slot_p)  # [C]
+        for j in range(width):
+            ids[n, query_pos + j] = path[:, j]
+        for j in range(1, width):
+            labels[n, query_pos + j] = path[:, j]
     return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(labels)
 
 
-def check_mqar_args(num_examples, seq_len, num_kv_pairs, vocab_size, power_a, hops) -> None:
+def context_tokens(num_kv_pairs: int, hops: int, separator: bool = False) -> int:
+    return (3 if separator else 2) * num_kv_pairs * hops
+
+
+def example_tokens(num_kv_pairs: int, hops: int, separator: bool = False) -> int:
+    """Tokens an example needs: the context plus one query slot (the chain, hops + 1 tokens) per chain."""
+    return context_tokens(num_kv_pairs, hops, separator) + num_kv_pairs * (hops + 1)
+
+
+def check_mqar_args(num_examples, seq_len, num_kv_pairs, vocab_size, power_a, hops, separator=False) -> None:
     for name, value in (
         ("num_examples", num_examples),
         ("seq_len", seq_len),
@@ -84,10 +106,12 @@ def check_mqar_args(num_examples, seq_len, num_kv_pairs, vocab_size, power_a, ho
             f"needs {links} distinct keys in [1, V/2) and {num_kv_pairs} values in [V/2, V); "
             f"use vocab_size >= {2 * max(links + 1, num_kv_pairs)}"
         )
-    needed = 2 * num_kv_pairs * hops + 2 * num_kv_pairs
+    if not isinstance(separator, bool):
+        raise ValueError(f"mqar.separator = {separator!r}: must be true or false")
+    needed = example_tokens(num_kv_pairs, hops, separator)
     if seq_len < needed:
         raise ValueError(
             f"mqar.seq_len = {seq_len} is too short for num_kv_pairs = {num_kv_pairs}, hops = {hops}: "
-            f"the context takes {2 * num_kv_pairs * hops} tokens and the queries {2 * num_kv_pairs}; "
-            f"use seq_len >= {needed}"
+            f"the context takes {context_tokens(num_kv_pairs, hops, separator)} tokens and the queries "
+            f"{num_kv_pairs * (hops + 1)}; use seq_len >= {needed}"
         )

@@ -29,7 +29,8 @@ def markdown_report(report: dict) -> str:
         f"# attnlab eval: suite `{spec['suite']}`",
         "",
         f"{spec['samples']} samples per cell, seed {spec['seed']}. Score in %: RULER string_match_all for "
-        "text tasks, answer-token exact match (teacher forced) for mqar. '–' = cell skipped "
+        "text tasks; for mqar, chains with every link right under teacher forcing (= greedy decoding of the "
+        "chain). '–' = cell skipped "
         "(prompt longer than the length, or the vocabulary cannot hold it); see eval.json.",
         "",
         "| task | hops | model | " + " | ".join(length_label(n) for n in lengths) + " |",

@@ -88,7 +88,7 @@ def skipped(task: str, length: int, hops: int, reason: str) -> dict:
 
 
 def run_token_cell(model, task: str, length: int, hops: int, spec: SuiteSpec, options: dict) -> dict:
-    from .token_tasks import mqar_cell, token_accuracy
+    from .token_tasks import chain_accuracy, mqar_cell
 
     assert task == "mqar", task
     try:
@@ -97,15 +97,16 @@ def run_token_cell(model, task: str, length: int, hops: int, spec: SuiteSpec, op
         )
     except ValueError as err:  # the vocabulary or length cannot hold this cell
         return skipped(task, length, hops, str(err))
-    accuracy, exact = token_accuracy(model, ids, labels, spec.batch_size)
+    accuracy = chain_accuracy(model, ids, labels, hops, spec.batch_size)
     return {
         "task": task,
         "length": length,
         "hops": hops,
-        "score": accuracy,
+        "score": accuracy["chain"],
         "n": spec.samples,
-        "metric": "answer_token_exact_match",
-        "sample_exact_match": exact,
+        "metric": "chain_exact_match",
+        "answer_token_accuracy": accuracy["token"],
+        "sample_exact_match": accuracy["sample"],
         **meta,
     }
 

@@ -1,13 +1,16 @@
-"""The suite through lm-eval, offline, on a tiny random attnlab model: lm-eval's own CLI with
-`--model attnlab` (in a subprocess), and lm-eval's `hf` model in process. Checks that lm-eval feeds
-the generated prompts unchanged (exactly `length` tokens) and reports the attnlab scores."""
+"""The suite through lm-eval, offline, on a tiny random attnlab model: lm-eval's own `lm_eval`
+command with `--model attnlab` (in a subprocess; the installed attnlab-lm-eval.pth registers the
+model), and lm-eval's `hf` model in process. Checks that lm-eval feeds the generated prompts
+unchanged (exactly `length` tokens) and reports the attnlab scores."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,9 +47,15 @@ def test_packaged_task_yamls_define_the_multihop_group():
     } <= names
 
 
-def test_lm_eval_cli_runs_the_multihop_group_with_the_attnlab_model(model_dir, tmp_path):
+def test_plain_lm_eval_cli_runs_the_multihop_group_with_the_attnlab_model(model_dir, tmp_path):
+    """The issue's command as written: `lm_eval --model attnlab ... --include_path ...` (lm-eval's
+    legacy form without the `run` subcommand), the console script in this interpreter's bin/."""
+    lm_eval_command = shutil.which("lm_eval", path=str(Path(sys.executable).parent)) or shutil.which(
+        "lm_eval"
+    )
+    assert lm_eval_command, "lm-eval's console script is not installed"
     command = [
-        sys.executable, "-m", "attnlab.cli", "lm-eval",
+        lm_eval_command,
         "--model", "attnlab", "--model_args", f"pretrained={model_dir}",
         "--tasks", "attnlab_multihop", "--include_path", str(include_path()),
         "--metadata", json.dumps(METADATA), "--device", "cpu", "--batch_size", "4",
@@ -90,3 +99,38 @@ def test_lm_eval_hf_model_runs_an_attnlab_task_in_process(model_dir):
     )
     assert 0.0 <= out["results"]["attnlab_niah_single"]["score,none"] <= 1.0
     assert out["results"]["attnlab_niah_single"]["sample_len"] == 2
+
+
+def test_the_plugin_registers_lazily_and_leaves_lm_eval_builtins_alone():
+    """A fresh interpreter: the .pth hook is installed but imports neither attnlab nor torch until
+    lm-eval resolves a model; then `attnlab` and lm-eval's own `hf` both resolve."""
+    script = (
+        "import sys\n"
+        "assert '_attnlab_lm_eval' in sys.modules, 'attnlab-lm-eval.pth did not run'\n"
+        "assert 'attnlab' not in sys.modules and 'torch' not in sys.modules\n"
+        "from lm_eval.api.registry import get_model\n"
+        "assert 'attnlab' not in sys.modules\n"
+        "cls = get_model('attnlab')\n"
+        "print(cls.__module__, cls.__name__, get_model('hf').__name__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ATTNLAB_LM_EVAL_PLUGIN"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd="/")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["attnlab.evals.lm_eval_model", "AttnLabLM", "HFLM"]
+
+
+@pytest.mark.parametrize("switch, installed", [("1", True), ("0", False)])
+def test_the_plugin_can_be_switched_off(switch, installed):
+    script = "import sys; print(any(type(f).__module__ == '_attnlab_lm_eval' for f in sys.meta_path))"
+    env = {**os.environ, "ATTNLAB_LM_EVAL_PLUGIN": switch}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd="/")
+    assert result.stdout.strip() == str(installed)
+
+
+def test_attnlab_lm_eval_wrapper_adds_the_packaged_include_path():
+    result = subprocess.run(
+        [sys.executable, "-m", "attnlab.cli", "lm-eval", "ls", "tasks"],
+        capture_output=True, text=True, env={**os.environ, **OFFLINE}, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "attnlab_multihop" in result.stdout and "attnlab_variable_tracking" in result.stdout

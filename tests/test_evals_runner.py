@@ -52,32 +52,29 @@ class TextOracle(nn.Module):
 
 
 class MqarOracle(nn.Module):
-    """Predicts, at every position, where that token's chain ends in the kv context."""
+    """Predicts, at every position, the next link of that token's chain in the kv context; with
+    `wrong_last` it misses the final link of every chain (the value), with `correct=False` all."""
 
-    def __init__(self, vocab_size: int, kv_pairs: int, max_hops: int, correct: bool = True):
+    def __init__(self, vocab_size, kv_pairs, hops, separator=False, correct=True, wrong_last=False):
         super().__init__()
         self.config = SimpleNamespace(vocab_size=vocab_size)
         self.anchor = nn.Parameter(torch.zeros(1))
-        self.context, self.max_hops = 2 * kv_pairs * max_hops, max_hops
-        self.correct = correct
+        self.width = 3 if separator else 2
+        self.context = self.width * kv_pairs * hops
+        self.correct, self.wrong_last = correct, wrong_last
 
     def forward(self, input_ids, use_cache=False):
         batch, length = input_ids.shape
         half = self.config.vocab_size // 2
         logits = torch.zeros(batch, length, self.config.vocab_size)
         for b, row in enumerate(input_ids.tolist()):
-            # The context is the first 2*kv*hops tokens; for smaller hops this window also reads
-            # query-region pairs, which never override a context key (first mapping wins) but may
-            # form cycles among noise tokens, hence the bounded walk.
-            table = {}
-            for k, v in zip(row[0 : self.context : 2], row[1 : self.context : 2], strict=True):
-                table.setdefault(k, v)
+            w = self.width
+            table = dict(zip(row[w - 2 : self.context : w], row[w - 1 : self.context : w], strict=True))
             for t, token in enumerate(row):
-                for _ in range(self.max_hops):
-                    if token >= half or token not in table:
-                        break
-                    token = table[token]
-                logits[b, t, token if self.correct else 0] = 1.0
+                guess = table.get(token, 0)
+                if not self.correct or (self.wrong_last and guess >= half):
+                    guess = 1 if guess == 0 else 0
+                logits[b, t, guess] = 1.0
         return SimpleNamespace(logits=logits)
 
 
@@ -119,22 +116,32 @@ def test_cells_only_for_supported_hops():
     assert cells == [("facts", 256, 1), ("facts", 256, 3), ("niah_single", 256, 1)]
 
 
-def test_mqar_oracle_gets_every_answer_token_and_a_wrong_model_none():
-    spec = SuiteSpec(
-        tasks=("mqar",), lengths=(64, 128), hops=(1, 2), samples=4, options={"mqar": {"kv_pairs": 4}}
-    )
-    cells = run_suite(MqarOracle(256, 4, max_hops=2), None, spec, progress=False).cells
-    assert [(c["length"], c["hops"]) for c in cells] == [(64, 1), (128, 1), (64, 2), (128, 2)]
+@pytest.mark.parametrize("separator", [False, True])
+@pytest.mark.parametrize("hops", [1, 2])
+def test_mqar_oracle_gets_every_chain_and_a_wrong_model_none(hops, separator):
+    options = {"mqar": {"kv_pairs": 4, "separator": separator}}
+    spec = SuiteSpec(tasks=("mqar",), lengths=(64, 128), hops=(hops,), samples=4, options=options)
+    cells = run_suite(MqarOracle(256, 4, hops, separator), None, spec, progress=False).cells
+    assert [(c["length"], c["hops"]) for c in cells] == [(64, hops), (128, hops)]
     assert all(c["score"] == 1.0 and c["sample_exact_match"] == 1.0 and c["kv_pairs"] == 4 for c in cells)
-    wrong = run_suite(MqarOracle(256, 4, max_hops=2, correct=False), None, spec, progress=False).cells
+    assert all(c["metric"] == "chain_exact_match" for c in cells)
+    wrong = run_suite(MqarOracle(256, 4, hops, separator, correct=False), None, spec, progress=False).cells
     assert all(c["score"] == 0.0 for c in wrong)
+
+
+def test_a_chain_with_one_wrong_link_scores_zero():
+    """3-hop chains with the first two links right and the last wrong: 2/3 of the answer tokens,
+    but no chain (greedy decoding would end on a wrong value)."""
+    spec = SuiteSpec(tasks=("mqar",), lengths=(128,), hops=(3,), samples=4, options={"mqar": {"kv_pairs": 4}})
+    (cell,) = run_suite(MqarOracle(256, 4, 3, wrong_last=True), None, spec, progress=False).cells
+    assert cell["score"] == 0.0 and cell["answer_token_accuracy"] == pytest.approx(2 / 3)
 
 
 def test_a_cell_that_cannot_fit_is_skipped_with_the_reason():
     spec = SuiteSpec(
         tasks=("facts", "mqar"), lengths=(64,), hops=(4,), samples=1, options={"mqar": {"kv_pairs": 4}}
     )
-    cells = run_suite(MqarOracle(16, 4, max_hops=4), byte_tokenizer(), spec, progress=False).cells
+    cells = run_suite(MqarOracle(16, 4, 4), byte_tokenizer(), spec, progress=False).cells
     assert all(c["score"] is None for c in cells)
     assert (
         "more than length=64" in cells[0]["skipped"] and "vocab_size = 16 is too small" in cells[1]["skipped"]

@@ -1,5 +1,6 @@
-"""The distribution builds as a wheel whose only top-level package is `attnlab`, and every module
-imports from the installed wheel (not from the source tree)."""
+"""The distribution builds as a wheel whose only top-level package is `attnlab` (beside the lm-eval
+hook module and its .pth), and every module imports from the installed wheel (not from the source
+tree)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def source_modules() -> list[str]:
     return names
 
 
-def test_wheel_has_only_attnlab_and_every_module_imports_from_it(tmp_path):
+def test_wheel_has_only_attnlab_and_the_lm_eval_hook_and_every_module_imports_from_it(tmp_path):
     subprocess.run(
         [
             sys.executable,
@@ -40,7 +41,11 @@ def test_wheel_has_only_attnlab_and_every_module_imports_from_it(tmp_path):
     )
     (wheel,) = tmp_path.glob("attnlab-*.whl")
     tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
-    assert {t for t in tops if not t.endswith(".dist-info")} == {"attnlab"}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {
+        "attnlab",
+        "_attnlab_lm_eval.py",  # evals/lm_eval_plugin: `lm_eval --model attnlab`
+        "attnlab-lm-eval.pth",
+    }
 
     site = tmp_path / "site"
     subprocess.run(
@@ -48,6 +53,11 @@ def test_wheel_has_only_attnlab_and_every_module_imports_from_it(tmp_path):
         check=True,
         capture_output=True,
     )
+    # The hook module is imported at interpreter start by the installed .pth (here: the editable
+    # one), so it is compared by content instead of imported.
+    hook = ROOT / "evals" / "lm_eval_plugin"
+    for name in ("_attnlab_lm_eval.py", "attnlab-lm-eval.pth"):
+        assert (site / name).read_text() == (hook / name).read_text()
     modules = source_modules()
     script = (
         "import importlib, sys\n"

@@ -9,32 +9,39 @@ import torch
 from attnlab.evals.mqar import mqar
 
 
-def solve_by_reading(ids: list[int], context_len: int, query_pos: int, vocab_size: int) -> tuple[int, int]:
-    """Follow links from the query key through the context pairs until a value-range token: -> (answer, hops)."""
+def read_table(ids: list[int], kv: int, hops: int, separator: bool) -> dict[int, int]:
+    """The context's links, read by a brute-force walk over its entries (`k v` or `0 k v`)."""
+    width = 3 if separator else 2
     table = {}
-    for i in range(0, context_len, 2):
-        assert ids[i] not in table, "a key appears twice in the context"
-        table[ids[i]] = ids[i + 1]
-    token, hops = ids[query_pos], 0
-    while token < vocab_size // 2:
-        token, hops = table[token], hops + 1
-    return token, hops
+    for i in range(0, width * kv * hops, width):
+        if separator:
+            assert ids[i] == 0
+        key, value = ids[i + width - 2], ids[i + width - 1]
+        assert key not in table, "a key appears twice in the context"
+        table[key] = value
+    return table
 
 
+@pytest.mark.parametrize("separator", [False, True])
 @pytest.mark.parametrize("hops", [1, 2, 3])
-def test_every_answer_is_recovered_by_reading_the_context(hops):
-    n, seq_len, kv, vocab = 64, 96, 6, 128
-    ids, labels = mqar(n, seq_len, kv, vocab, seed=3, hops=hops)
+def test_every_answer_is_recovered_by_reading_the_context(hops, separator):
+    n, seq_len, kv, vocab = 64, 128, 6, 128
+    ids, labels = mqar(n, seq_len, kv, vocab, seed=3, hops=hops, separator=separator)
     assert ids.shape == labels.shape == (n, seq_len) and ids.dtype == labels.dtype == torch.int64
-    context = 2 * kv * hops
     for row_ids, row_labels in zip(ids.tolist(), labels.tolist(), strict=True):
+        table = read_table(row_ids, kv, hops, separator)
+        heads = set(table) - set(table.values())  # keys no pair points to: the chains' starts
         answers = [t for t, y in enumerate(row_labels) if y != -100]
-        assert len(answers) == kv  # each chain is queried exactly once
-        assert all(t >= context + 1 and (t - context) % 2 == 1 for t in answers)
-        for t in answers:
-            assert row_ids[t] == row_labels[t]  # labels are aligned with the inputs
-            answer, steps = solve_by_reading(row_ids, context, t - 1, vocab)
-            assert (answer, steps) == (row_labels[t], hops)
+        assert len(answers) == kv * hops  # each chain queried once, every link an answer
+        for c in range(kv):
+            slot = answers[c * hops : (c + 1) * hops]
+            assert slot == list(range(slot[0], slot[0] + hops))  # the chain is written out in one run
+            token = row_ids[slot[0] - 1]
+            assert token in heads  # the query is the start of a chain
+            for t in slot:
+                token = table[token]  # one hop
+                assert row_ids[t] == row_labels[t] == token  # labels are aligned with the inputs
+            assert token >= vocab // 2  # the chain ends on a value after exactly `hops` links
 
 
 def test_keys_and_values_use_the_zoology_halves_of_the_vocab():
@@ -58,6 +65,20 @@ def test_queries_follow_the_power_law_and_cluster_after_the_context():
     assert slot.max() > 60  # the tail still reaches far
 
 
+def test_separator_marks_every_context_key():
+    ids, _ = mqar(16, 64, 2, 64, seed=5, hops=3, separator=True)
+    context = ids[:, : 3 * 2 * 3].view(16, -1, 3)  # [N, pairs, (0, k, v)]
+    assert (context[..., 0] == 0).all() and (context[..., 1:] > 0).all()
+
+
+def test_one_hop_without_separator_is_unchanged_zoology():
+    """hops=1 keeps Zoology's layout (and the draws that the sweep's results came from)."""
+    ids, labels = mqar(4, 64, 4, 64, seed=11)
+    answers = (labels != -100).nonzero()[:, 1].view(4, 4)
+    assert ((answers - 8) % 2 == 1).all()  # `k v` slots right after the 8-token context
+    assert torch.equal(ids.gather(1, answers), labels.gather(1, answers))
+
+
 def test_seed_reproduces_and_different_seeds_differ():
     a = mqar(8, 64, 4, 64, seed=7, hops=2)
     b = mqar(8, 64, 4, 64, seed=7, hops=2)
@@ -73,6 +94,8 @@ def test_seed_reproduces_and_different_seeds_differ():
         ({"vocab_size": 8}, "vocab_size"),
         ({"hops": 0}, "hops"),
         ({"power_a": 0.0}, "power_a"),
+        ({"separator": 1}, "separator"),
+        ({"seq_len": 51, "hops": 3, "separator": True}, "seq_len"),  # 36 context + 4 chains x 4 = 52
     ],
 )
 def test_bad_arguments_name_the_field(kwargs, field):

@@ -123,6 +123,7 @@ class TaskSection:
     hops: int = 1
     power_a: float = 0.01
     random_non_queries: bool = True
+    separator: bool = False  # k-hop: each context pair written `0 k v` (evals/mqar.py)
     train_examples: int = 20_000
     val_examples: int = 512
     mixture: list[dict] = field(default_factory=list)
@@ -132,7 +133,9 @@ class TaskSection:
         for name in ("train_examples", "val_examples"):
             positive(getattr(self, name), f"data.task.{name}")
         try:
-            check_mqar_args(1, self.seq_len, self.num_kv_pairs, self.vocab_size, self.power_a, self.hops)
+            check_mqar_args(
+                1, self.seq_len, self.num_kv_pairs, self.vocab_size, self.power_a, self.hops, self.separator
+            )
         except ValueError as err:
             raise ValueError(str(err).replace("mqar.", "data.task.")) from None
         for i, entry in enumerate(self.mixture):

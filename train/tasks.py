@@ -24,6 +24,7 @@ def mqar_task(task, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.T
         power_a=task.power_a,
         hops=task.hops,
         random_non_queries=task.random_non_queries,
+        separator=task.separator,
     )
 
 
