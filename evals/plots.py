@@ -51,7 +51,9 @@ def plot_lines(report: dict, path: Path) -> None:
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         # one row of entries above the panels (bbox_inches="tight" keeps it in the file)
-        fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), frameon=False)
+        fig.legend(
+            handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), frameon=False
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
