@@ -91,7 +91,8 @@ def register(sub) -> None:
         "--options",
         type=options_json,
         default={},
-        help='per-task generator options as JSON, e.g. \'{"mqar": {"kv_pairs": 8}}\'',
+        help='per-task generator options as JSON, e.g. \'{"mqar": {"kv_pairs": 8}}\'; for an attnlab run '
+        "trained on MQAR, its training options (power_a, random_non_queries, separator) are the defaults",
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--out", help="output dir (default: PATH/eval, or PATH/eval-compare with --compare)")
@@ -117,16 +118,19 @@ def cmd_eval(args) -> int:
     for p in paths:
         if not p.exists():
             raise SystemExit(f"attnlab eval: error: PATH {p} does not exist")
-    spec = SuiteSpec(
-        suite=args.suite,
-        lengths=tuple(args.lengths),
-        hops=tuple(args.hops),
-        samples=args.samples,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        tasks=tuple(args.tasks) if args.tasks else None,
-        options=args.options,
-    )
+    try:
+        spec = SuiteSpec(
+            suite=args.suite,
+            lengths=tuple(args.lengths),
+            hops=tuple(args.hops),
+            samples=args.samples,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            tasks=tuple(args.tasks) if args.tasks else None,
+            options=args.options,
+        )
+    except ValueError as err:  # e.g. --options naming an option the task does not have
+        raise SystemExit(f"attnlab eval: error: {err}") from None
     out = Path(args.out) if args.out else paths[0] / ("eval-compare" if args.compare else "eval")
     run_eval(paths, spec, out, args.device)
     print((out / "eval.md").read_text())

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from .tokenizer import load_tokenizer
@@ -46,6 +47,25 @@ def load_model(path: str | Path, device: str | None = None):
     except FileNotFoundError:
         tokenizer = None
     return model, tokenizer, model_dir
+
+
+# The MQAR generator settings a model was trained with (train/config.py TaskSection) that change
+# what an eval sample looks like; kv pairs, lengths and hops are the eval's own grid.
+MQAR_TRAINING_OPTIONS = ("power_a", "random_non_queries", "separator")
+
+
+def training_mqar_options(path: str | Path, model_dir: Path) -> dict:
+    """The MQAR generator options of the attnlab run that trained this model (its resolved
+    config.yaml: in PATH itself or next to the exported model folder), or {} when PATH is not a run
+    trained on MQAR, e.g. a plain HF folder."""
+    for config in (Path(path) / "config.yaml", model_dir.parent / "config.yaml"):
+        if config.is_file():
+            data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+            task = data.get("task") or {}
+            if data.get("source") == "task" and task.get("name") == "mqar":
+                return {k: task[k] for k in MQAR_TRAINING_OPTIONS if k in task}
+            return {}
+    return {}
 
 
 def model_names(paths: list[Path]) -> list[str]:

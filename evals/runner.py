@@ -7,6 +7,7 @@ returned flat dict of metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .fit import PromptTooLong
 from .generation import encode, greedy_generate
-from .loading import load_model, model_names
+from .loading import load_model, model_names, training_mqar_options
 from .registry import make_sample
 from .scoring import score_text
 from .suite import TOKEN_TASKS, SuiteSpec
@@ -159,7 +160,11 @@ def run_eval(
     progress: bool = True,
 ) -> dict:
     """Evaluate one model or several side by side (`--compare`); write eval.json, eval.md,
-    predictions.jsonl and PNG plots into `out_dir`. Returns the eval.json content."""
+    predictions.jsonl and PNG plots into `out_dir`. Returns the eval.json content.
+
+    MQAR samples follow each model's own training data: for an attnlab run trained on MQAR, the
+    generator options it was trained with (power_a, random_non_queries, separator) are the defaults,
+    and `spec.options["mqar"]` overrides them."""
     from .plots import plot_heatmaps, plot_lines
     from .report import markdown_report
 
@@ -170,15 +175,21 @@ def run_eval(
     with (out_dir / "predictions.jsonl").open("w") as log:
         for name, path in zip(model_names(paths), paths, strict=True):
             model, tokenizer, model_dir = load_model(path, device)
+            trained = training_mqar_options(path, model_dir)
+            mqar_options = {**trained, **spec.options.get("mqar", {})}
+            model_spec = dataclasses.replace(spec, options={**spec.options, "mqar": mqar_options})
             if progress:
                 print(f"attnlab eval: {name} ({model_dir}) on suite {spec.suite}", flush=True)
+                if trained and "mqar" in spec.task_names:
+                    print(f"  mqar options from its training config: {trained}", flush=True)
             start = time.perf_counter()
-            result = run_suite(model, tokenizer, spec, progress)
+            result = run_suite(model, tokenizer, model_spec, progress)
             report["models"].append(
                 {
                     "name": name,
                     "path": str(model_dir),
                     "seconds": round(time.perf_counter() - start, 2),
+                    "mqar_options": mqar_options,
                     "cells": result.cells,
                 }
             )
@@ -192,18 +203,12 @@ def run_eval(
     return report
 
 
-# The README comparison (issue 5): tiny full-attention vs lightning vs 1:1 hybrid models trained on
-# k-hop MQAR, evaluated beyond their training length and at more hops. kv pairs scale with length
-# (Zoology's seq/16), so longer contexts also hold more pairs: a fixed-size state must degrade.
-# Non-query positions are 0 as in configs/train/mqar.yaml (Zoology figure 2); the generator options
-# must match the training data's.
-KHOP_MQAR_COMPARISON = SuiteSpec(
-    suite="mqar",
-    lengths=(64, 128, 256, 512, 1024),
-    hops=(1, 2, 4),
-    samples=128,
-    options={"mqar": {"random_non_queries": False}},
-)
+# The committed comparison (issue 5, evals/KHOP_RESULTS.md): models trained by
+# configs/sweeps/khop_mqar.yaml on 1- and 2-hop chains at 64-256 tokens, evaluated beyond their
+# training length and at more hops. kv pairs scale with length (Zoology's seq/16, capped by the
+# vocabulary), so longer contexts also hold more pairs. The MQAR generator options come from each
+# run's training config (run_eval).
+KHOP_MQAR_COMPARISON = SuiteSpec(suite="mqar", lengths=(64, 128, 256, 512), hops=(1, 2, 4), samples=128)
 
 
 def compare_models(

@@ -7,9 +7,11 @@ message naming the field.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass, field
 
 from . import tasks  # noqa: F401  (registers every text task)
+from .mqar import check_mqar_args, mqar
 from .registry import TEXT_TASKS
 
 TOKEN_TASKS = ("mqar",)  # teacher-forced, token-level (evals/mqar.py); k-hop when hops > 1
@@ -35,6 +37,38 @@ SUITES: dict[str, tuple[str, ...]] = {
 
 def all_tasks() -> tuple[str, ...]:
     return TOKEN_TASKS + tuple(sorted(TEXT_TASKS))
+
+
+def option_names(task: str) -> tuple[str, ...]:
+    """What `SuiteSpec.options[task]` may set: the generator's keyword options that the runner does
+    not set itself (for mqar also `kv_pairs`, default length/16)."""
+    if task in TOKEN_TASKS:
+        keywords = [p.name for p in inspect.signature(mqar).parameters.values() if p.default is not p.empty]
+        return ("kv_pairs", *(k for k in keywords if k != "hops"))
+    spec = TEXT_TASKS[task]
+    params = list(inspect.signature(spec.build).parameters.values())[5:]  # after tokenizer .. index
+    return tuple(p.name for p in params if p.name not in spec.fixed)
+
+
+def check_options(task: str, options: dict) -> None:
+    allowed = option_names(task)
+    if not isinstance(options, dict) or not set(options) <= set(allowed):
+        unknown = sorted(set(options) - set(allowed)) if isinstance(options, dict) else options
+        raise ValueError(f"suite options[{task!r}]: unknown {unknown!r}; allowed: {', '.join(allowed)}")
+    if task in TOKEN_TASKS:  # values too: a bad one would otherwise only skip every cell
+        kv = options.get("kv_pairs", 1)
+        if not isinstance(kv, int) or isinstance(kv, bool) or kv <= 0:
+            raise ValueError(f"suite options['mqar'].kv_pairs = {kv!r}: must be a positive integer")
+        try:
+            check_mqar_args(
+                1, 2**20, kv, 2**20, options.get("power_a", 0.01), 1, options.get("separator", False)
+            )
+            if not isinstance(options.get("random_non_queries", True), bool):
+                raise ValueError(
+                    f"mqar.random_non_queries = {options['random_non_queries']!r}: must be true or false"
+                )
+        except ValueError as err:
+            raise ValueError(f"suite options['mqar']: {err}") from None
 
 
 def max_hops(task: str) -> int | None:
@@ -79,6 +113,8 @@ class SuiteSpec:
             raise ValueError(
                 f"suite options for unknown task(s) {unknown}; allowed: {', '.join(all_tasks())}"
             )
+        for task, options in self.options.items():
+            check_options(task, options)
 
     @classmethod
     def from_dict(cls, data: dict) -> SuiteSpec:

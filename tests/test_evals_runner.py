@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from evals_solvers import solve
 from torch import nn
 
@@ -165,6 +166,53 @@ def test_a_model_without_tokenizer_runs_token_tasks_and_skips_text_tasks(tmp_pat
     assert report["models"][0]["path"] == str(tmp_path / "run" / "hf")
     assert mqar_cell["score"] is not None and mqar_cell["random_non_queries"] is False
     assert facts_cell["score"] is None and facts_cell["skipped"] == "no tokenizer for a text task"
+
+
+def test_mqar_samples_follow_the_training_config_of_each_run(tmp_path):
+    """A run trained with separator=true is evaluated on separator samples without --options; an
+    explicit option wins; a run trained on text (or a bare HF folder) gets the generator defaults."""
+    cfg = AttnLabConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, layers="F")
+    task = {"name": "mqar", "separator": True, "random_non_queries": False, "power_a": 0.02}
+    for name, data in (("mqar_run", {"source": "task", "task": task}), ("text_run", {"source": "text"})):
+        AttnLabForCausalLM(cfg).save_pretrained(tmp_path / name / "hf")
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "data": data}))
+    spec = SuiteSpec(tasks=("mqar",), lengths=(64,), hops=(2,), samples=2)
+    runs = [tmp_path / "mqar_run", tmp_path / "mqar_run" / "hf", tmp_path / "text_run"]
+    report = run_eval(runs, spec, tmp_path / "out", device="cpu", progress=False)
+    trained = {"power_a": 0.02, "random_non_queries": False, "separator": True}
+    assert [m["mqar_options"] for m in report["models"]] == [trained, trained, {}]
+    assert report["models"][0]["cells"][0]["separator"] is True
+    assert "separator" not in report["models"][2]["cells"][0]  # generator defaults
+
+    spec = SuiteSpec(
+        tasks=("mqar",), lengths=(64,), hops=(2,), samples=2, options={"mqar": {"separator": False}}
+    )
+    report = run_eval(runs[:1], spec, tmp_path / "out2", device="cpu", progress=False)
+    assert report["models"][0]["cells"][0]["separator"] is False
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (
+            {"mqar": {"seperator": True}},
+            r"options\['mqar'\]: unknown \['seperator'\]; allowed: kv_pairs, power_a",
+        ),
+        ({"mqar": {"separator": "yes"}}, "mqar.separator = 'yes': must be true or false"),
+        ({"mqar": {"random_non_queries": 0}}, "mqar.random_non_queries = 0: must be true or false"),
+        ({"mqar": {"kv_pairs": 0}}, "kv_pairs = 0: must be a positive integer"),
+        ({"mqar": {"power_a": 2.0}}, "mqar.power_a = 2.0"),
+        ({"variable_tracking": {"chain": 2}}, r"unknown \['chain'\]; allowed: chains, icl"),
+    ],
+)
+def test_suite_options_name_the_bad_option_and_what_is_allowed(options, message):
+    with pytest.raises(ValueError, match=message):
+        SuiteSpec(options=options)
+
+
+def test_cli_bad_option_is_a_clear_error(tiny_model_dir):
+    with pytest.raises(SystemExit, match=r"attnlab eval: error: .*unknown \['bogus'\]; allowed: distractors"):
+        main(["eval", str(tiny_model_dir), "--options", '{"facts": {"bogus": 1}}'])
 
 
 def test_training_hook_returns_flat_metrics_and_keeps_train_mode(tiny_model_dir):
