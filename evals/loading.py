@@ -9,6 +9,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
+from .mqar import MQAR_TRAINING_OPTIONS
 from .tokenizer import load_tokenizer
 
 
@@ -47,11 +48,6 @@ def load_model(path: str | Path, device: str | None = None):
     except FileNotFoundError:
         tokenizer = None
     return model, tokenizer, model_dir
-
-
-# The MQAR generator settings a model was trained with (train/config.py TaskSection) that change
-# what an eval sample looks like; kv pairs, lengths and hops are the eval's own grid.
-MQAR_TRAINING_OPTIONS = ("power_a", "random_non_queries", "separator")
 
 
 def training_mqar_options(path: str | Path, model_dir: Path) -> dict:

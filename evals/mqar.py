@@ -33,6 +33,9 @@ import numpy as np
 import torch
 
 IGNORE_INDEX = -100
+# The generator settings of a training run that change what a sample looks like, so an eval of the
+# trained model must reuse them; kv pairs, lengths and hops are the eval's own grid.
+MQAR_TRAINING_OPTIONS = ("power_a", "random_non_queries", "separator")
 
 
 def mqar(

@@ -66,6 +66,7 @@ class MetricsLog(L.Callback):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return  # the final trainer.validate() goes to result.json instead
         row = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        row |= getattr(pl_module, "suite_metrics", {})  # only when the suite ran at this validation
         self.write({"step": trainer.global_step, **row}, trainer)
 
     def mean_tokens_per_s(self) -> float:

@@ -5,6 +5,7 @@
     data:  {source: task, task: {name: mqar, seq_len: 64, num_kv_pairs: 4, vocab_size: 64}}
     optim: {lr: 3.0e-3, schedule: cosine, warmup_steps: 50}
     trainer: {max_steps: 600, val_every: 100}
+    eval: {suite: mqar, lengths: [64, 256], hops: [1, 2], samples: 32}   # optional
 
 Parsed by jsonargparse (`config_parser()`), so a YAML file, CLI overrides (`--optim.lr 1e-3`) and the
 sweeps' generated configs all go through one path: types are checked by the parser, value ranges by
@@ -280,6 +281,42 @@ class TrainerSection:
 
 
 @dataclass
+class EvalSection:
+    """The eval suite (evals/, `attnlab eval`) as part of validation: off unless `suite` is set. Runs
+    at every `every`-th validation and at the final one; logs eval/<task>/len<L>/hops<h> and
+    eval/mean to metrics.jsonl and result.json. Fields as `attnlab eval`'s flags; for a run on
+    MQAR, the task's power_a / random_non_queries / separator are the mqar defaults."""
+
+    suite: str | None = None  # multihop | ruler | copy | mqar | text
+    tasks: list[str] | None = None  # None: the suite's tasks
+    lengths: list[int] = field(default_factory=lambda: [256, 512, 1024])
+    hops: list[int] = field(default_factory=lambda: [1, 2, 4])
+    samples: int = 16  # per (task, length, hops) cell
+    seed: int = 1234
+    batch_size: int = 8
+    options: dict = field(default_factory=dict)  # {task: {option: value}}
+    every: int = 1  # validations between suite runs
+
+    def __post_init__(self) -> None:
+        positive(self.every, "eval.every")
+        if self.suite is not None:
+            try:
+                self.spec()
+            except ValueError as err:
+                raise ValueError(f"eval: {err}") from None
+
+    def spec(self, mqar_defaults: dict | None = None):
+        """-> SuiteSpec; `mqar_defaults` (the training task's generator options) under `options`."""
+        from ..evals.suite import SuiteSpec
+
+        options = dict(self.options)
+        if mqar_defaults:
+            options["mqar"] = {**mqar_defaults, **options.get("mqar", {})}
+        fields = {k: getattr(self, k) for k in ("suite", "lengths", "hops", "samples", "seed", "batch_size")}
+        return SuiteSpec(**fields, tasks=self.tasks, options=options)
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/train"
     seed: int = 0
@@ -287,6 +324,7 @@ class TrainConfig:
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     trainer: TrainerSection = field(default_factory=TrainerSection)
+    eval: EvalSection = field(default_factory=EvalSection)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

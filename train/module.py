@@ -1,5 +1,6 @@
 """The LightningModule around AttnLabForCausalLM: AdamW + scheduled lr, loss (MoE aux loss included
-by the model), answer accuracy, perplexity, and the non-finite loss guard."""
+by the model), answer accuracy, perplexity, the non-finite loss guard, and the eval suite as part
+of validation (config `eval:`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..archs.config import AttnLabConfig
@@ -18,14 +20,26 @@ from .schedule import lr_factor
 
 
 class CausalLMModule(L.LightningModule):
-    def __init__(self, model_config: dict, optim: dict, max_steps: int, val_names: list[str] | None = None):
+    def __init__(
+        self,
+        model_config: dict,
+        optim: dict,
+        max_steps: int,
+        val_names: list[str] | None = None,
+        eval_spec=None,  # evals.SuiteSpec: run the suite during validation
+        eval_every: int = 1,
+    ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["eval_spec"])
         self.model = AttnLabForCausalLM(AttnLabConfig(**model_config))
         self.optim = OptimSection(**optim)
         self.max_steps = max_steps
         self.val_names = val_names or ["val"]  # one per validation dataloader (data slice)
         self.stop_reason: str | None = None  # set when the run must stop; then nothing more is saved
+        self.eval_spec, self.eval_every = eval_spec, eval_every
+        self.eval_tokenizer = None  # the data's tokenizer (train() sets it); None for token tasks
+        self.validations = 0
+        self.suite_metrics: dict[str, float] = {}  # the suite's scores at this validation, if it ran
 
     def forward(self, batch: dict):
         return self.model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False)
@@ -60,6 +74,7 @@ class CausalLMModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         # Exact pooled metrics: sums over answer tokens, not means of batch means.
         self.val_sums = torch.zeros(len(self.val_names), 3, dtype=torch.float64)  # [slice, (nll, hits, n)]
+        self.suite_metrics = {}
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         logits = (
@@ -76,7 +91,19 @@ class CausalLMModule(L.LightningModule):
         if len(self.val_names) > 1:
             for name, sums in zip(self.val_names, self.val_sums, strict=True):
                 metrics.update(summarize(sums, f"@{name}"))
+        if self.eval_spec is not None and self.suite_due():
+            from ..evals.runner import evaluate_suite
+
+            self.suite_metrics = evaluate_suite(self.model, self.eval_tokenizer, self.eval_spec)
+            metrics.update(self.suite_metrics)
         self.log_dict(metrics, add_dataloader_idx=False)
+
+    def suite_due(self) -> bool:
+        """Every `eval_every`-th validation while fitting, and the final validation."""
+        if self.trainer.state.fn != TrainerFn.FITTING:
+            return True
+        self.validations += 1
+        return self.validations % self.eval_every == 0
 
     def configure_optimizers(self):
         o = self.optim

@@ -25,6 +25,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
+from ..evals.mqar import MQAR_TRAINING_OPTIONS
 from .callbacks import GuardedCheckpoint, MetricsLog
 from .config import TrainConfig, dump_config, load_config
 from .data import TrainData, build_data
@@ -38,6 +39,8 @@ EXECUTION_ONLY = {"progress_bar", "threads"}
 def config_hash(cfg: TrainConfig) -> str:
     values = cfg.to_dict()
     values["trainer"] = {k: v for k, v in values["trainer"].items() if k not in EXECUTION_ONLY}
+    if cfg.eval.suite is None:  # no suite: the same run as before `eval:` existed (same hash)
+        del values["eval"]
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -84,8 +87,14 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback
             f"({data.vocab_size}); leave it unset to use the data's"
         )
     module = CausalLMModule(
-        model_kwargs, dataclasses.asdict(cfg.optim), t.max_steps, [s.name for s in data.slices]
+        model_kwargs,
+        dataclasses.asdict(cfg.optim),
+        t.max_steps,
+        [s.name for s in data.slices],
+        eval_spec=eval_spec(cfg),
+        eval_every=cfg.eval.every,
     )
+    module.eval_tokenizer = data.tokenizer
     if t.compile:
         module.model.compile()  # in place: state_dict keys (and checkpoints) stay the same
 
@@ -160,6 +169,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback
         trainer.save_checkpoint(last)  # the final step, even when max_steps % checkpoint_every != 0
         trainer.validate(module, datamodule=datamodule, verbose=False)
         result.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+        result.update(module.suite_metrics)  # the final validation always runs the suite
         if trainer.is_global_zero:
             model.save_pretrained(run_dir / "hf")
             if data.tokenizer is not None:
@@ -168,6 +178,18 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback
     if trainer.is_global_zero:
         write_json(run_dir / "result.json", result)
     return result
+
+
+def eval_spec(cfg: TrainConfig):
+    """The `eval:` section as a SuiteSpec (None when off); a run on MQAR evaluates MQAR samples made
+    the way its training data was (power_a, random_non_queries, separator)."""
+    if cfg.eval.suite is None:
+        return None
+    task = cfg.data.task
+    trained = None
+    if cfg.data.source == "task" and task.name == "mqar":
+        trained = {k: getattr(task, k) for k in MQAR_TRAINING_OPTIONS}
+    return cfg.eval.spec(trained)
 
 
 def train_from_file(config_path: str, resume: bool = True) -> dict:
