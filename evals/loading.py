@@ -9,7 +9,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from .mqar import MQAR_TRAINING_OPTIONS
+from .mqar import training_options
 from .tokenizer import load_tokenizer
 
 
@@ -56,11 +56,7 @@ def training_mqar_options(path: str | Path, model_dir: Path) -> dict:
     trained on MQAR, e.g. a plain HF folder."""
     for config in (Path(path) / "config.yaml", model_dir.parent / "config.yaml"):
         if config.is_file():
-            data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
-            task = data.get("task") or {}
-            if data.get("source") == "task" and task.get("name") == "mqar":
-                return {k: task[k] for k in MQAR_TRAINING_OPTIONS if k in task}
-            return {}
+            return training_options((yaml.safe_load(config.read_text()) or {}).get("data") or {})
     return {}
 
 

@@ -81,6 +81,15 @@ def mqar(
     return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(labels)
 
 
+def training_options(data: dict) -> dict:
+    """A training run's `data:` section (train/config.py, as a dict) -> the MQAR_TRAINING_OPTIONS its
+    samples were made with, or {} when it did not train on MQAR."""
+    task = data.get("task") or {}
+    if data.get("source") != "task" or task.get("name") != "mqar":
+        return {}
+    return {k: task[k] for k in MQAR_TRAINING_OPTIONS if k in task}
+
+
 def context_tokens(num_kv_pairs: int, hops: int, separator: bool = False) -> int:
     return (3 if separator else 2) * num_kv_pairs * hops
 

@@ -25,7 +25,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
-from ..evals.mqar import MQAR_TRAINING_OPTIONS
+from ..evals.mqar import training_options
 from .callbacks import GuardedCheckpoint, MetricsLog
 from .config import TrainConfig, dump_config, load_config
 from .data import TrainData, build_data
@@ -185,11 +185,7 @@ def eval_spec(cfg: TrainConfig):
     the way its training data was (power_a, random_non_queries, separator)."""
     if cfg.eval.suite is None:
         return None
-    task = cfg.data.task
-    trained = None
-    if cfg.data.source == "task" and task.name == "mqar":
-        trained = {k: getattr(task, k) for k in MQAR_TRAINING_OPTIONS}
-    return cfg.eval.spec(trained)
+    return cfg.eval.spec(training_options(dataclasses.asdict(cfg.data)))
 
 
 def train_from_file(config_path: str, resume: bool = True) -> dict:
