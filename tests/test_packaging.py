@@ -74,6 +74,35 @@ def test_wheel_has_only_attnlab_and_the_lm_eval_hook_and_every_module_imports_fr
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def test_a_wheel_built_from_the_sdist_still_ships_the_lm_eval_hook(tmp_path):
+    """pip installing from an sdist (PyPI's fallback) must keep `lm_eval --model attnlab` working."""
+    import tarfile
+
+    build = "from setuptools import build_meta; import sys; build_meta.build_sdist(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", build, str(tmp_path)], cwd=ROOT, check=True, capture_output=True)
+    (sdist,) = tmp_path.glob("attnlab-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        tar.extractall(tmp_path / "src", filter="data")
+    (source,) = (tmp_path / "src").iterdir()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("attnlab-*.whl")
+    assert {"_attnlab_lm_eval.py", "attnlab-lm-eval.pth"} <= set(zipfile.ZipFile(wheel).namelist())
+
+
 def test_console_script_runs():
     result = subprocess.run(["attnlab", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "demo" in result.stdout
