@@ -68,6 +68,25 @@ def test_committed_zoology_sweep_expands_to_its_grid():
     assert all(r.config.model.num_hidden_layers == 2 for r in runs)
 
 
+def test_committed_khop_sweep_expands_to_its_variants():
+    """configs/sweeps/khop_mqar.yaml (evals/KHOP_RESULTS.md): six 2-layer variants, separator
+    samples, 1- and 2-hop slices at 64-256 tokens after the 64x4 curriculum slice."""
+    runs = expand(load_sweep(str(CONFIGS / "sweeps" / "khop_mqar.yaml")))
+    layers = {r.labels["variant"]: r.config.model.layers for r in runs}
+    assert layers == {
+        "full": "FF",
+        "lightning": "LL",
+        "hybrid": "FL",
+        "swa": "SS",
+        "swa_full": "SF",
+        "hybrid_lf": "LF",
+    }
+    task = runs[0].config.data.task
+    assert task.separator and all(r.config.data.task.separator for r in runs)
+    slices = {name: start for name, _, _, start in task.slices(64)}
+    assert slices == {"64x4": 0, "64x4h2": 800, "128x8": 800, "128x8h2": 800, "256x16": 800, "256x15h2": 800}
+
+
 def test_sweep_dry_run_lists_runs_without_running(tmp_path, capsys):
     code = main(["sweep", ZOOLOGY, "--out_dir", str(tmp_path / "s"), "--dry_run"])
     assert code == 0
