@@ -45,6 +45,11 @@ def test_packaged_task_yamls_define_the_multihop_group():
         "attnlab_facts.yaml",
         "_common_yaml",
     } <= names
+    # the README's `--include_path "$(python -m attnlab.evals.lm_eval_data)"`
+    printed = subprocess.run(
+        [sys.executable, "-m", "attnlab.evals.lm_eval_data"], capture_output=True, text=True, cwd="/"
+    )
+    assert printed.stdout.strip() == str(include_path())
 
 
 def test_plain_lm_eval_cli_runs_the_multihop_group_with_the_attnlab_model(model_dir, tmp_path):

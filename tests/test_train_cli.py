@@ -69,9 +69,11 @@ def test_committed_zoology_sweep_expands_to_its_grid():
 
 
 def test_committed_khop_sweep_expands_to_its_variants():
-    """configs/sweeps/khop_mqar.yaml (evals/KHOP_RESULTS.md): six 2-layer variants, separator
-    samples, 1- and 2-hop slices at 64-256 tokens after the 64x4 curriculum slice."""
+    """configs/sweeps/khop_mqar.yaml (evals/KHOP_RESULTS.md): six 2-layer variants x 3 seeds,
+    separator samples, 1- and 2-hop slices at 64-256 tokens after the 64x4 curriculum slice."""
     runs = expand(load_sweep(str(CONFIGS / "sweeps" / "khop_mqar.yaml")))
+    assert len(runs) == 18 and {r.config.seed for r in runs} == {0, 1, 2}
+    assert "hybrid_seed=1" in {r.name for r in runs}
     layers = {r.labels["variant"]: r.config.model.layers for r in runs}
     assert layers == {
         "full": "FF",
