@@ -1,6 +1,7 @@
 """PNG plots of an eval run (matplotlib, Agg backend: no display needed).
 
 accuracy_vs_length.png: one panel per (task, hops), accuracy vs context length, one line per model
+                        (per variant when the models are seeds: the mean, with a min-max band)
 heatmap.png:            one panel per model, (task, hops) rows x length columns
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .report import grid, length_label
+from .report import across_seeds, grid, length_label
 
 
 def _pyplot():
@@ -21,22 +22,43 @@ def _pyplot():
     return plt
 
 
+def line_series(report: dict, task: str, hops: int) -> list[tuple]:
+    """-> [(label, lengths, scores %, (min %, max %) or None)] for one panel: one per model, or one
+    per variant (mean over its seeds, with the seeds' range) when the models are seed groups."""
+    seeds = across_seeds(report)
+    if seeds:
+        out = []
+        for variant in dict.fromkeys(r["variant"] for r in seeds):
+            rows = [r for r in seeds if (r["task"], r["hops"], r["variant"]) == (task, hops, variant)]
+            if rows:
+                mean, lo, hi = ([100 * r[key] for r in rows] for key in ("mean", "min", "max"))
+                out.append((variant, [r["length"] for r in rows], mean, (lo, hi)))
+        return out
+    lengths, _, cells = grid(report)
+    out = []
+    for model in report["models"]:
+        points = [
+            (n, 100 * c["score"])
+            for n in lengths
+            if (c := cells.get((model["name"], task, hops, n))) is not None and c["score"] is not None
+        ]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            out.append((model["name"], list(xs), list(ys), None))
+    return out
+
+
 def plot_lines(report: dict, path: Path) -> None:
     plt = _pyplot()
-    lengths, rows, cells = grid(report)
+    lengths, rows, _ = grid(report)
     cols = min(3, max(len(rows), 1))
     nrows = max(1, math.ceil(len(rows) / cols))
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
     for ax, (task, hops) in zip(axes.flat, rows, strict=False):  # spare panels stay empty
-        for model in report["models"]:
-            points = [
-                (n, 100 * c["score"])
-                for n in lengths
-                if (c := cells.get((model["name"], task, hops, n))) is not None and c["score"] is not None
-            ]
-            if points:
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, marker="o", label=model["name"])
+        for label, xs, ys, band in line_series(report, task, hops):
+            (line,) = ax.plot(xs, ys, marker="o", label=label)
+            if band is not None:
+                ax.fill_between(xs, *band, color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_xscale("log", base=2)
         ax.set_xlim(lengths[0] / 1.3, lengths[-1] * 1.3)  # same axis in every panel, even empty ones
         ax.set_xticks(lengths, [length_label(n) for n in lengths])
@@ -52,7 +74,12 @@ def plot_lines(report: dict, path: Path) -> None:
     if handles:
         # one row of entries above the panels (bbox_inches="tight" keeps it in the file)
         fig.legend(
-            handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(labels), frameon=False
+            handles,
+            labels,
+            loc="lower center",
+            bbox_to_anchor=(0.5, 1.0),
+            ncol=min(len(labels), 6),
+            frameon=False,
         )
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")

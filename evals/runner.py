@@ -166,7 +166,7 @@ def run_eval(
     generator options it was trained with (power_a, random_non_queries, separator) are the defaults,
     and `spec.options["mqar"]` overrides them."""
     from .plots import plot_heatmaps, plot_lines
-    from .report import markdown_report
+    from .report import across_seeds, markdown_report
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +196,8 @@ def run_eval(
             for row in result.predictions:
                 log.write(json.dumps({"model": name, **row}) + "\n")
             del model
+    if seeds := across_seeds(report):  # the models are a sweep's seeds: also per variant
+        report["across_seeds"] = seeds
     (out_dir / "eval.json").write_text(json.dumps(report, indent=2))
     (out_dir / "eval.md").write_text(markdown_report(report))
     plot_lines(report, out_dir / "accuracy_vs_length.png")

@@ -335,3 +335,53 @@ def test_bad_cli_input_names_the_flag_and_allowed_values(argv, expected, capsys)
 def test_cli_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="PATH .*nowhere does not exist"):
         main(["eval", str(tmp_path / "nowhere")])
+
+
+def report_of(models: dict[str, dict[int, float | None]]) -> dict:
+    """An eval.json-shaped report: {model name: {length: score or None}} on mqar, 1 hop."""
+    return {
+        "suite": {"suite": "mqar", "samples": 4, "seed": 0},
+        "models": [
+            {"name": name, "path": name, "seconds": 0.0,
+             "cells": [{"task": "mqar", "hops": 1, "length": n, "score": s} for n, s in scores.items()]}
+            for name, scores in models.items()
+        ],
+    }  # fmt: skip
+
+
+def test_a_sweeps_seeds_are_reported_per_variant_with_each_seed(tmp_path):
+    from attnlab.evals.plots import line_series, plot_lines
+    from attnlab.evals.report import across_seeds, markdown_report
+
+    report = report_of(
+        {
+            "full_seed=0": {64: 1.0, 128: 1.0},
+            "full_seed=1": {64: 1.0, 128: 0.5},
+            "lightning_seed=0": {64: 0.5, 128: 0.2},
+            "lightning_seed=1": {64: 0.3, 128: None},  # a skipped cell: one seed left
+        }
+    )
+    rows = {(r["variant"], r["length"]): (r["mean"], r["seeds"], r["scores"]) for r in across_seeds(report)}
+    assert rows == {
+        ("full", 64): (1.0, 2, [1.0, 1.0]),
+        ("full", 128): (0.75, 2, [1.0, 0.5]),
+        ("lightning", 64): (pytest.approx(0.4), 2, [0.5, 0.3]),
+        ("lightning", 128): (0.2, 1, [0.2]),
+    }
+    text = markdown_report(report)
+    assert "| mqar | 1 | full | 2 | 100.0 | 75.0 (100 / 50) |" in text
+    assert "| mqar | 1 | lightning | 2 | 40.0 (50 / 30) | 20.0 |" in text
+    (full, lightning) = line_series(report, "mqar", 1)
+    assert full == ("full", [64, 128], [100.0, 75.0], ([100.0, 50.0], [100.0, 100.0]))
+    assert lightning[0] == "lightning" and lightning[1] == [64, 128]
+    plot_lines(report, tmp_path / "lines.png")
+    assert (tmp_path / "lines.png").stat().st_size > 0
+
+
+def test_models_that_are_not_seeds_get_no_seed_rows():
+    from attnlab.evals.plots import line_series
+    from attnlab.evals.report import across_seeds, markdown_report
+
+    report = report_of({"full_seed=0": {64: 1.0}, "lightning": {64: 0.5}})  # one seed each: no groups
+    assert across_seeds(report) == [] and "Across seeds" not in markdown_report(report)
+    assert [s[0] for s in line_series(report, "mqar", 1)] == ["full_seed=0", "lightning"]
