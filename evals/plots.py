@@ -72,7 +72,7 @@ def plot_lines(report: dict, path: Path) -> None:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
-        # one row of entries above the panels (bbox_inches="tight" keeps it in the file)
+        # entries above the panels, up to 6 per row (bbox_inches="tight" keeps them in the file)
         fig.legend(
             handles,
             labels,
