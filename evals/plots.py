@@ -22,10 +22,11 @@ def _pyplot():
     return plt
 
 
-def line_series(report: dict, task: str, hops: int) -> list[tuple]:
+def line_series(report: dict, task: str, hops: int, seeds: list[dict] | None = None) -> list[tuple]:
     """-> [(label, lengths, scores %, (min %, max %) or None)] for one panel: one per model, or one
-    per variant (mean over its seeds, with the seeds' range) when the models are seed groups."""
-    seeds = across_seeds(report)
+    per variant (mean over its seeds, with the seeds' range) when the models are seed groups.
+    `seeds`: across_seeds(report), when the caller already has it."""
+    seeds = across_seeds(report) if seeds is None else seeds
     if seeds:
         out = []
         for variant in dict.fromkeys(r["variant"] for r in seeds):
@@ -54,8 +55,9 @@ def plot_lines(report: dict, path: Path) -> None:
     cols = min(3, max(len(rows), 1))
     nrows = max(1, math.ceil(len(rows) / cols))
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+    seeds = across_seeds(report)
     for ax, (task, hops) in zip(axes.flat, rows, strict=False):  # spare panels stay empty
-        for label, xs, ys, band in line_series(report, task, hops):
+        for label, xs, ys, band in line_series(report, task, hops, seeds):
             (line,) = ax.plot(xs, ys, marker="o", label=label)
             if band is not None:
                 ax.fill_between(xs, *band, color=line.get_color(), alpha=0.15, linewidth=0)

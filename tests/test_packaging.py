@@ -11,6 +11,8 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# evals/lm_eval_plugin: `lm_eval --model attnlab`, installed at the root of site-packages
+LM_EVAL_HOOK = ("_attnlab_lm_eval.py", "attnlab-lm-eval.pth")
 FOLDERS = ["attnlab", "archs", "kernels", "train", "probes", "evals", "serve", "configs"]
 
 
@@ -23,7 +25,8 @@ def source_modules() -> list[str]:
     return names
 
 
-def test_wheel_has_only_attnlab_and_the_lm_eval_hook_and_every_module_imports_from_it(tmp_path):
+def build_wheel(source: Path, out_dir: Path) -> Path:
+    """pip wheel of the project at `source` (no deps, this environment's setuptools) -> the .whl."""
     subprocess.run(
         [
             sys.executable,
@@ -33,19 +36,20 @@ def test_wheel_has_only_attnlab_and_the_lm_eval_hook_and_every_module_imports_fr
             "--no-deps",
             "--no-build-isolation",
             "-w",
-            str(tmp_path),
-            str(ROOT),
+            str(out_dir),
+            str(source),
         ],
         check=True,
         capture_output=True,
     )
-    (wheel,) = tmp_path.glob("attnlab-*.whl")
+    (wheel,) = out_dir.glob("attnlab-*.whl")
+    return wheel
+
+
+def test_wheel_has_only_attnlab_and_the_lm_eval_hook_and_every_module_imports_from_it(tmp_path):
+    wheel = build_wheel(ROOT, tmp_path)
     tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
-    assert {t for t in tops if not t.endswith(".dist-info")} == {
-        "attnlab",
-        "_attnlab_lm_eval.py",  # evals/lm_eval_plugin: `lm_eval --model attnlab`
-        "attnlab-lm-eval.pth",
-    }
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"attnlab", *LM_EVAL_HOOK}
 
     site = tmp_path / "site"
     subprocess.run(
@@ -56,7 +60,7 @@ def test_wheel_has_only_attnlab_and_the_lm_eval_hook_and_every_module_imports_fr
     # The hook module is imported at interpreter start by the installed .pth (here: the editable
     # one), so it is compared by content instead of imported.
     hook = ROOT / "evals" / "lm_eval_plugin"
-    for name in ("_attnlab_lm_eval.py", "attnlab-lm-eval.pth"):
+    for name in LM_EVAL_HOOK:
         assert (site / name).read_text() == (hook / name).read_text()
     modules = source_modules()
     script = (
@@ -84,23 +88,8 @@ def test_a_wheel_built_from_the_sdist_still_ships_the_lm_eval_hook(tmp_path):
     with tarfile.open(sdist) as tar:
         tar.extractall(tmp_path / "src", filter="data")
     (source,) = (tmp_path / "src").iterdir()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(tmp_path),
-            str(source),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    (wheel,) = tmp_path.glob("attnlab-*.whl")
-    assert {"_attnlab_lm_eval.py", "attnlab-lm-eval.pth"} <= set(zipfile.ZipFile(wheel).namelist())
+    wheel = build_wheel(source, tmp_path)
+    assert set(LM_EVAL_HOOK) <= set(zipfile.ZipFile(wheel).namelist())
 
 
 def test_console_script_runs():
