@@ -7,20 +7,20 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
-from .state import KVState, LatentState, LayerState
+from .state import DenseState
 
 
 class AttnLabCache(Cache):
     is_compileable = False
 
-    def __init__(self, states: list[LayerState]):
+    def __init__(self, states: list[DenseState]):
         super().__init__(layers=[])
         self.states = states
 
     def __len__(self) -> int:
         return len(self.states)
 
-    def __getitem__(self, layer_idx: int) -> LayerState:
+    def __getitem__(self, layer_idx: int) -> DenseState:
         return self.states[layer_idx]
 
     def __repr__(self) -> str:
@@ -48,7 +48,7 @@ class AttnLabCache(Cache):
 
     @property
     def is_croppable(self) -> bool:
-        return all(isinstance(s, (KVState, LatentState)) for s in self.states)
+        return all(s.croppable for s in self.states)
 
     def nbytes(self) -> int:
         """Bytes this cache really holds, over all layers and the whole batch."""

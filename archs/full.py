@@ -17,7 +17,7 @@ from .norms import RMSNorm
 from .registry import register_mixer
 from .rope import apply_rope, rope_cos_sin
 from .specs import SoftmaxSpec
-from .state import KVState, LayerState, WindowState
+from .state import CacheState, KVState, WindowState
 
 
 @dataclass
@@ -64,29 +64,19 @@ class SoftmaxAttention(Mixer):
         cos, sin = rope_cos_sin(positions, spec.rotary_dim, spec.rope_theta, q.dtype)
         return self.uniform_queries(apply_rope(q, cos, sin)), gate, apply_rope(k, cos, sin), v
 
-    def _context(self, state: LayerState | None, k, v):
-        """Append to the cache; -> keys, values, position of keys[0], position of queries[0]."""
-        q_start = 0 if state is None else state.seq_len
-        if state is None:
-            return k, v, 0, q_start
-        if isinstance(state, WindowState):
-            k_all, v_all, k_start = state.append(k, v)
-            return k_all, v_all, k_start, q_start
-        k_all, v_all = state.append(k, v)
-        return k_all, v_all, 0, q_start
-
     def heads(self, x, state, positions):
         q, gate, k, v = self.project(x, positions)
-        k_all, v_all, k_start, q_start = self._context(state, k, v)
         sinks = self.sinks if self.spec.sinks else None
-        # The op aligns queries to the last keys (flash-attention's KV-cache convention).
-        assert q_start - k_start == k_all.shape[1] - q.shape[1]
-        o = swa_prefill(q, k_all, v_all, self.scale, self.spec.window, sinks)
+        window = self.spec.window
+        if state is None:
+            o = swa_prefill(q, k, v, self.scale, window, sinks)
+        else:
+            o = state.attend(q, k, v, scale=self.scale, window=window, sinks=sinks)
         if gate is not None:
             o = o * torch.sigmoid(gate)
         return o  # [B, T, H, Dh]
 
-    def new_state(self, batch: int, dtype: torch.dtype) -> LayerState:
+    def new_state(self, batch: int, dtype: torch.dtype) -> CacheState:
         return KVState() if self.spec.window is None else WindowState(self.spec.window)
 
     def state_bytes(self, seq_len: int, dtype: torch.dtype) -> int:

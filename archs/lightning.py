@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import lightning_decode, lightning_prefill
+from ..kernels import lightning_prefill
 from ..kernels.lightning_attention import lightning_implied_map
 from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm
 from .registry import register_mixer
 from .specs import MixerSpec, check_positive_int
-from .state import LayerState, RecurrentState
+from .state import CacheState, RecurrentState
 
 
 @dataclass
@@ -100,23 +100,16 @@ class LightningAttention(Mixer):
     def heads(self, x, state, positions):
         b, t, _ = x.shape
         q, k, v = self.project(x)  # [B, T, H, Dh]
-        initial = None if state is None else state.read()  # [B, H, Dh, Dh] fp32 | None
         slope = self.slope(x.device)
-        if t == 1 and initial is not None:
-            # Decode: one state update. For t > 1 the chunked form (a few matmuls) beats a t-step loop.
-            o, final = lightning_decode(q[:, 0], k[:, 0], v[:, 0], slope, initial)
-            o = o[:, None]  # [B, 1, H, Dh]
+        if state is None:
+            o, _ = lightning_prefill(q, k, v, slope, chunk_size=self.spec.block_size)
         else:
-            o, final = lightning_prefill(
-                q, k, v, slope, initial, output_final_state=state is not None, chunk_size=self.spec.block_size
-            )
-        if state is not None:
-            state.write(final)
+            o = state.attend_linear(q, k, v, slope=slope, chunk_size=self.spec.block_size)
         o = self.norm(o.reshape(b, t, -1))  # [B, T, H*Dh], one RMS over all heads (as HF)
         o = torch.sigmoid(self.output_gate(x)) * o
         return o.view(b, t, self.num_heads, self.head_dim)  # [B, T, H, Dh]
 
-    def new_state(self, batch: int, dtype: torch.dtype) -> LayerState:
+    def new_state(self, batch: int, dtype: torch.dtype) -> CacheState:
         return RecurrentState()
 
     def state_bytes(self, seq_len: int, dtype: torch.dtype) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .state import LayerState
+from .state import CacheState
 
 
 class Mixer(nn.Module):
@@ -50,13 +50,15 @@ class Mixer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        state: LayerState | None = None,
+        state: CacheState | None = None,
         positions: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, LayerState | None]:
+    ) -> tuple[torch.Tensor, CacheState | None]:
         b, t, _ = x.shape
         if positions is None:
-            start = 0 if state is None else state.seq_len
-            positions = torch.arange(start, start + t, device=x.device).expand(b, t)
+            if state is None:
+                positions = torch.arange(t, device=x.device).expand(b, t)
+            else:
+                positions = state.positions(b, t, x.device)
         o = self.masked_heads(x, state, positions)  # [B, T, H*Dv]
         if state is not None:
             state.advance(t)
@@ -70,7 +72,7 @@ class Mixer(nn.Module):
     def heads(self, x, state, positions) -> torch.Tensor:
         raise NotImplementedError
 
-    def new_state(self, batch: int, dtype: torch.dtype) -> LayerState:
+    def new_state(self, batch: int, dtype: torch.dtype) -> CacheState:
         raise NotImplementedError
 
     def state_bytes(self, seq_len: int, dtype: torch.dtype) -> int:

@@ -145,25 +145,36 @@ class MultiHeadLatentAttention(Mixer):
         k, v = self.expand_kv(c_all, k_pe_all)
         return swa_prefill(q, k, v, self.scale)  # [B, T, H, Dv], causal, no window
 
-    def _absorbed(self, q_nope, q_pe, c_all, k_pe_all):
+    def _latent_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.latent_dim)
-        w_uk, w_uv = w.split([self.nope_dim, self.v_dim], dim=1)  # [H, Dn, R], [H, Dv, R]
-        q_lat = torch.einsum("bthn,hnr->bthr", q_nope, w_uk)  # [B, T, H, R]
-        o_lat = mla_decode(q_lat, q_pe, c_all, k_pe_all, self.scale)  # [B, T, H, R]
-        return torch.einsum("bthr,hvr->bthv", o_lat, w_uv)  # [B, T, H, Dv]
+        return w.split([self.nope_dim, self.v_dim], dim=1)  # W_UK [H, Dn, R], W_UV [H, Dv, R]
 
-    def heads(self, x, state, positions):
+    def absorb(self, q_nope: torch.Tensor) -> torch.Tensor:
+        """q_nope [..., H, Dn] -> q_lat [..., H, R] (W_UK folded into the query, per head)."""
+        return torch.einsum("...hn,hnr->...hr", q_nope, self._latent_weights()[0])
+
+    def unabsorb(self, o_lat: torch.Tensor) -> torch.Tensor:
+        """o_lat [..., H, R] -> o [..., H, Dv] (W_UV applied after the attention, per head)."""
+        return torch.einsum("...hr,hvr->...hv", o_lat, self._latent_weights()[1])
+
+    def _absorbed(self, q_nope, q_pe, c_all, k_pe_all):
+        o_lat = mla_decode(self.absorb(q_nope), q_pe, c_all, k_pe_all, self.scale)  # [B, T, H, R]
+        return self.unabsorb(o_lat)  # [B, T, H, Dv]
+
+    def attend_context(self, q_nope, q_pe, c_all, k_pe_all, cached: bool):
+        """Attention of the new queries over a dense latent context [B, S, R], [B, S, Dr] whose
+        last T positions are the queries' own (both paths align them so)."""
         if self.path not in PATHS:
             raise ValueError(f"mla path = {self.path!r}; allowed: {', '.join(PATHS)}")
+        t = q_nope.shape[1]
+        absorbed = self.path == "absorbed" or (self.path == "auto" and cached and t == 1)
+        return (self._absorbed if absorbed else self._naive)(q_nope, q_pe, c_all, k_pe_all)
+
+    def heads(self, x, state, positions):
         q_nope, q_pe, c_kv, k_pe = self.project(x, positions)
-        # The queries' absolute positions start where the cache ends (the base advances seq_len later).
-        q_start = 0 if state is None else state.seq_len
-        c_all, k_pe_all = (c_kv, k_pe) if state is None else state.append(c_kv, k_pe)  # [B, S, R], [B, S, Dr]
-        absorbed = self.path == "absorbed" or (self.path == "auto" and state is not None and x.shape[1] == 1)
-        fn = self._absorbed if absorbed else self._naive
-        # Both ops align the queries to the last cache positions (flash-attention's convention).
-        assert c_all.shape[1] == q_start + x.shape[1]
-        return fn(q_nope, q_pe, c_all, k_pe_all)
+        if state is None:
+            return self.attend_context(q_nope, q_pe, c_kv, k_pe, cached=False)
+        return state.attend_latent(q_nope, q_pe, c_kv, k_pe, mla=self)  # [B, T, H, Dv]
 
     def new_state(self, batch: int, dtype: torch.dtype) -> LatentState:
         return LatentState()
