@@ -17,7 +17,7 @@ from .norms import RMSNorm
 from .registry import register_mixer
 from .rope import apply_rope, rope_cos_sin
 from .specs import SoftmaxSpec
-from .state import CacheState, KVState, WindowState
+from .state import CacheState, KVSpec, KVState, WindowState
 
 
 @dataclass
@@ -78,6 +78,9 @@ class SoftmaxAttention(Mixer):
 
     def new_state(self, batch: int, dtype: torch.dtype) -> CacheState:
         return KVState() if self.spec.window is None else WindowState(self.spec.window)
+
+    def cache_spec(self) -> KVSpec:
+        return KVSpec(self.num_kv_heads, self.head_dim, self.head_dim, self.spec.window)
 
     def state_bytes(self, seq_len: int, dtype: torch.dtype) -> int:
         kept = seq_len if self.spec.window is None else min(seq_len, self.spec.window - 1)

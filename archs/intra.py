@@ -18,7 +18,7 @@ from torch import nn
 from .mixer import Mixer
 from .registry import build_mixer, register_mixer, resolve_spec
 from .specs import MixerSpec, check_positive_int
-from .state import CompositeState
+from .state import CompositeSpec, CompositeState
 
 
 @dataclass
@@ -101,6 +101,9 @@ class IntraLayerHybrid(Mixer):
 
     def new_state(self, batch, dtype):
         return CompositeState([p.new_state(batch, dtype) for p in self.parts])
+
+    def cache_spec(self) -> CompositeSpec:
+        return CompositeSpec(tuple(p.cache_spec() for p in self.parts))
 
     def state_bytes(self, seq_len, dtype):
         return sum(p.state_bytes(seq_len, dtype) for p in self.parts)

@@ -29,7 +29,7 @@ from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm
 from .registry import register_mixer
 from .specs import MixerSpec, check_positive_int
-from .state import CacheState, RecurrentState
+from .state import CacheState, RecurrentSpec, RecurrentState
 
 
 @dataclass
@@ -111,6 +111,9 @@ class LightningAttention(Mixer):
 
     def new_state(self, batch: int, dtype: torch.dtype) -> CacheState:
         return RecurrentState()
+
+    def cache_spec(self) -> RecurrentSpec:
+        return RecurrentSpec(self.num_heads, self.head_dim, self.head_dim)
 
     def state_bytes(self, seq_len: int, dtype: torch.dtype) -> int:
         if seq_len == 0:

@@ -3,6 +3,7 @@
     y, state = mixer(x, state=None, positions=None)   # x [B, T, D]
     mixer.new_state(batch, dtype)
     mixer.state_bytes(seq_len, dtype)
+    mixer.cache_spec()                                 # layout of its cache (KVSpec, LatentSpec, ...)
     mixer.attention_map(x)                             # [B, H, T, T]
     mixer.head_mask                                    # [H] per-head multiplier (ablation)
     mixer.head_uniform                                 # [H] bool: make the head's attention uniform
@@ -73,6 +74,11 @@ class Mixer(nn.Module):
         raise NotImplementedError
 
     def new_state(self, batch: int, dtype: torch.dtype) -> CacheState:
+        raise NotImplementedError
+
+    def cache_spec(self):
+        """What this layer's cache holds (archs/state.py specs): a serving engine lays out pages or
+        slots from it and supplies its own states."""
         raise NotImplementedError
 
     def state_bytes(self, seq_len: int, dtype: torch.dtype) -> int:

@@ -45,7 +45,7 @@ from .norms import RMSNorm
 from .registry import register_mixer
 from .rope import apply_rope, rope_cos_sin
 from .specs import MixerSpec, check_bool, check_positive_int
-from .state import LatentState
+from .state import LatentSpec, LatentState
 
 PATHS = ("auto", "naive", "absorbed")
 
@@ -178,6 +178,9 @@ class MultiHeadLatentAttention(Mixer):
 
     def new_state(self, batch: int, dtype: torch.dtype) -> LatentState:
         return LatentState()
+
+    def cache_spec(self) -> LatentSpec:
+        return LatentSpec(self.latent_dim, self.rope_dim)
 
     def state_bytes(self, seq_len: int, dtype: torch.dtype) -> int:
         return seq_len * (self.latent_dim + self.rope_dim) * dtype_bytes(dtype)

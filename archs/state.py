@@ -18,11 +18,56 @@ sequences of different lengths, the paged/varlen ops). No mixer looks at which o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from ..kernels import lightning_decode, lightning_prefill, swa_prefill
+
+
+# --- what a layer's cache looks like, for an engine that lays out its own storage ----------------
+
+
+@dataclass(frozen=True)
+class KVSpec:
+    """Softmax attention: per token Hkv keys of D and Hkv values of Dv; `window` None grows with T."""
+
+    kind = "kv"
+    num_kv_heads: int
+    head_dim: int
+    value_dim: int
+    window: int | None = None
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    """MLA: per token one latent of `latent_dim` and one shared rope key of `rope_dim`."""
+
+    kind = "latent"
+    latent_dim: int
+    rope_dim: int
+
+
+@dataclass(frozen=True)
+class RecurrentSpec:
+    """Linear attention: one [H, K, V] state per sequence, whatever its length."""
+
+    kind = "recurrent"
+    num_heads: int
+    key_dim: int
+    value_dim: int
+
+
+@dataclass(frozen=True)
+class CompositeSpec:
+    """Intra-layer hybrid: one spec per part."""
+
+    kind = "composite"
+    parts: tuple
+
+
+# --- the protocol ---------------------------------------------------------------------------------
 
 
 @runtime_checkable

@@ -1,0 +1,245 @@
+"""The cache manager: one memory budget for every layer's cache, laid out per kind of layer.
+
+Layers are grouped by what their cache needs (archs/state.py specs):
+- "paged": full softmax and MLA layers, whose caches grow with the sequence. They share one block
+  table per sequence; a block holds `block_size` tokens of every such layer (K and V pages, or
+  latent pages), so its size is block_size x the per-token bytes summed over those layers.
+- "window:W": sliding-window layers of window W. Blocks that fall wholly behind the window are
+  freed as the sequence advances (their table entries become -1).
+- "slots": lightning layers: one [H, K, V] state per running sequence and layer, in the storage
+  dtype; no blocks at all.
+
+The budget is split once, at start: enough slots and window blocks for `max_seqs` sequences
+(fewer when memory is short, but always enough room for one sequence of max_model_len), and
+every remaining byte to paged blocks. Storage is allocated then, so serving never allocates cache
+memory again and cannot run out of it: admission waits, and a running sequence that needs a
+block when none is free preempts the youngest one (the scheduler recomputes it later).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..archs.state import CompositeSpec, KVSpec, LatentSpec, RecurrentSpec
+from .config import STATE_DTYPES, EngineConfig, parse_memory
+
+PAGED, SLOTS = "paged", "slots"
+
+
+def window_group(window: int) -> str:
+    return f"window:{window}"
+
+
+def flat_specs(spec) -> list:
+    return [s for part in spec.parts for s in flat_specs(part)] if isinstance(spec, CompositeSpec) else [spec]
+
+
+def spec_group(spec) -> str:
+    if isinstance(spec, RecurrentSpec):
+        return SLOTS
+    if isinstance(spec, KVSpec) and spec.window is not None:
+        return window_group(spec.window)
+    return PAGED
+
+
+def token_bytes(spec, elem: int) -> int:
+    if isinstance(spec, KVSpec):
+        return spec.num_kv_heads * (spec.head_dim + spec.value_dim) * elem
+    assert isinstance(spec, LatentSpec)
+    return (spec.latent_dim + spec.rope_dim) * elem
+
+
+class BlockPool:
+    """Free list of block (or slot) ids 0..n-1."""
+
+    def __init__(self, n: int):
+        self.capacity = n
+        self.free_ids = list(range(n - 1, -1, -1))  # pop() hands out low ids first
+
+    @property
+    def num_free(self) -> int:
+        return len(self.free_ids)
+
+    def take(self, n: int) -> list[int]:
+        assert n <= len(self.free_ids)
+        return [self.free_ids.pop() for _ in range(n)]
+
+    def give(self, ids) -> None:
+        self.free_ids.extend(i for i in ids if i >= 0)
+
+
+@dataclass
+class Holding:
+    """What one request holds: a block table per block group (-1: freed behind the window), a slot."""
+
+    tables: dict[str, list[int]] = field(default_factory=dict)
+    slot: int | None = None
+
+
+class CacheManager:
+    def __init__(self, specs: list, config: EngineConfig, dtype: torch.dtype, device, max_model_len: int):
+        """specs: one cache spec per model layer (`mixer.cache_spec()`)."""
+        self.config, self.device, self.dtype = config, torch.device(device), dtype
+        self.block_size = bs = config.block_size
+        self.state_dtype = STATE_DTYPES[config.state_dtype]
+        elem = torch.empty((), dtype=dtype).element_size()
+        self.layer_specs = specs
+        leaves = [s for spec in specs for s in flat_specs(spec)]
+        # Per-token bytes of each block group, and bytes of one sequence's slots.
+        self.token_bytes: dict[str, int] = {}
+        for s in leaves:
+            group = spec_group(s)
+            if group != SLOTS:
+                self.token_bytes[group] = self.token_bytes.get(group, 0) + token_bytes(s, elem)
+        state_elem = torch.empty((), dtype=self.state_dtype).element_size()
+        self.slot_bytes = sum(
+            s.num_heads * s.key_dim * s.value_dim * state_elem for s in leaves if isinstance(s, RecurrentSpec)
+        )
+        self.windows = {g: int(g.split(":")[1]) for g in self.token_bytes if g != PAGED}
+        self.budget = budget = parse_memory(config.cache_memory, self.device)
+        chunk = config.max_num_batched_tokens
+        per_seq = self.slot_bytes + sum(
+            (math.ceil((w - 1) / bs) + 2) * bs * self.token_bytes[g] for g, w in self.windows.items()
+        )
+        extra = sum((math.ceil(chunk / bs) + 1) * bs * self.token_bytes[g] for g in self.windows)
+        one_long = math.ceil(max_model_len / bs) * bs * self.token_bytes.get(PAGED, 0)
+        room = budget - extra - one_long
+        self.max_seqs = config.max_num_seqs if per_seq == 0 else min(config.max_num_seqs, room // per_seq)
+        if room < 0 or self.max_seqs < 1:
+            need = extra + one_long + per_seq
+            raise ValueError(
+                f"cache_memory = {budget} bytes cannot hold one sequence of max_model_len = {max_model_len} "
+                f"tokens; it needs at least {need} bytes (raise cache_memory or lower max_model_len)"
+            )
+        self.pools: dict[str, BlockPool] = {}
+        for g, w in self.windows.items():
+            self.pools[g] = BlockPool(self.max_seqs * (math.ceil((w - 1) / bs) + 2) + math.ceil(chunk / bs) + 1)
+        if PAGED in self.token_bytes:
+            left = budget - self.max_seqs * per_seq - extra
+            self.pools[PAGED] = BlockPool(left // (bs * self.token_bytes[PAGED]))
+        self.slots = BlockPool(self.max_seqs if self.slot_bytes else 0)
+        self.holdings: dict[str, Holding] = {}
+        self.storage = [self._allocate(spec) for spec in specs]  # per layer, mirrors the spec tree
+
+    # --- storage ---------------------------------------------------------------------------------
+    def _allocate(self, spec):
+        if isinstance(spec, CompositeSpec):
+            return [self._allocate(p) for p in spec.parts]
+        group, bs = spec_group(spec), self.block_size
+        if group == SLOTS:
+            shape = (self.slots.capacity, spec.num_heads, spec.key_dim, spec.value_dim)
+            return torch.zeros(shape, dtype=self.state_dtype, device=self.device)
+        n = self.pools[group].capacity
+        if isinstance(spec, LatentSpec):  # [c_kv | k_pe] per token: one page tensor
+            return torch.zeros(n, bs, spec.latent_dim + spec.rope_dim, dtype=self.dtype, device=self.device)
+        k = torch.zeros(n, bs, spec.num_kv_heads, spec.head_dim, dtype=self.dtype, device=self.device)
+        v = torch.zeros(n, bs, spec.num_kv_heads, spec.value_dim, dtype=self.dtype, device=self.device)
+        return k, v
+
+    def allocated_bytes(self) -> int:
+        def size(x):
+            if isinstance(x, torch.Tensor):
+                return x.numel() * x.element_size()
+            return sum(size(y) for y in x)
+
+        return sum(size(s) for s in self.storage)
+
+    # --- per request -----------------------------------------------------------------------------
+    def _new_blocks(self, holding: Holding | None, start: int, end: int) -> dict[str, int]:
+        """Blocks each group must add so tokens [0, end) are covered (window: [start-W+1, end))."""
+        need = {}
+        for g in self.pools:
+            have = 0 if holding is None else len(holding.tables[g])
+            need[g] = max(0, math.ceil(end / self.block_size) - have)
+        return need
+
+    def can_admit(self, n: int) -> bool:
+        if self.slot_bytes and self.slots.num_free == 0:
+            return False
+        return all(self.pools[g].num_free >= k for g, k in self._new_blocks(None, 0, n).items())
+
+    def admit(self, request_id: str) -> None:
+        assert request_id not in self.holdings
+        holding = Holding(tables={g: [] for g in self.pools})
+        if self.slot_bytes:
+            holding.slot = self.slots.take(1)[0]
+            for layer in self.recurrent_storage():
+                layer[holding.slot].zero_()  # a new sequence starts from the zero state
+        self.holdings[request_id] = holding
+
+    def recurrent_storage(self) -> list[torch.Tensor]:
+        out = []
+        for spec, store in zip(self.layer_specs, self.storage, strict=True):
+            for leaf, tensor in zip(flat_specs(spec), _flat_storage(spec, store), strict=True):
+                if isinstance(leaf, RecurrentSpec):
+                    out.append(tensor)
+        return out
+
+    def trim(self, request_id: str, start: int) -> None:
+        """Free the window blocks that no query from token `start` on can see."""
+        self._release_behind_window(self.holdings[request_id], start)
+
+    def _release_behind_window(self, holding: Holding, start: int) -> None:
+        for g, w in self.windows.items():
+            table = holding.tables[g]
+            dead = max(0, start - w + 1) // self.block_size  # blocks wholly before the window
+            for b in range(min(dead, len(table))):
+                if table[b] >= 0:
+                    self.pools[g].give([table[b]])
+                    table[b] = -1
+
+    def can_extend(self, request_id: str, start: int, n: int) -> bool:
+        holding = self.holdings[request_id]
+        self._release_behind_window(holding, start)
+        return all(self.pools[g].num_free >= k for g, k in self._new_blocks(holding, start, start + n).items())
+
+    def extend(self, request_id: str, start: int, n: int) -> None:
+        """Cover tokens up to start + n (call can_extend first)."""
+        holding = self.holdings[request_id]
+        self._release_behind_window(holding, start)
+        for g, k in self._new_blocks(holding, start, start + n).items():
+            holding.tables[g].extend(self.pools[g].take(k))
+
+    def free(self, request_id: str) -> None:
+        holding = self.holdings.pop(request_id, None)
+        if holding is None:
+            return
+        for g, table in holding.tables.items():
+            self.pools[g].give(table)
+        if holding.slot is not None:
+            self.slots.give([holding.slot])
+
+    # --- accounting ------------------------------------------------------------------------------
+    def request_bytes(self, request_id: str) -> int:
+        holding = self.holdings[request_id]
+        blocks = sum(
+            sum(1 for b in table if b >= 0) * self.block_size * self.token_bytes[g]
+            for g, table in holding.tables.items()
+        )
+        return blocks + (self.slot_bytes if holding.slot is not None else 0)
+
+    def usage(self) -> dict:
+        """Blocks and slots used and free, per group."""
+        out = {g: {"used": p.capacity - p.num_free, "free": p.num_free} for g, p in self.pools.items()}
+        if self.slot_bytes:
+            out[SLOTS] = {"used": self.slots.capacity - self.slots.num_free, "free": self.slots.num_free}
+        return out
+
+    def used_fraction(self) -> float:
+        held = sum((p.capacity - p.num_free) * self.block_size * self.token_bytes[g] for g, p in self.pools.items())
+        held += (self.slots.capacity - self.slots.num_free) * self.slot_bytes
+        return held / max(1, self.allocated_bytes())
+
+    def all_free(self) -> bool:
+        pools = [*self.pools.values(), self.slots]
+        return not self.holdings and all(p.num_free == p.capacity for p in pools)
+
+
+def _flat_storage(spec, store) -> list:
+    if isinstance(spec, CompositeSpec):
+        return [t for part, s in zip(spec.parts, store, strict=True) for t in _flat_storage(part, s)]
+    return [store]
+

@@ -1,0 +1,67 @@
+"""EngineConfig: the serving engine's knobs, checked once (clear errors naming the field)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def device_memory(device: torch.device) -> int:
+    """Total memory of the device the cache lives on (RAM for a CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def parse_memory(value, device: torch.device) -> int:
+    """Bytes from an int, a size string ('512MiB', '2GB'), or a fraction in (0, 1] of the device's
+    memory (0.1 or '10%')."""
+    if isinstance(value, bool):
+        raise ValueError(f"cache_memory = {value!r}: expected bytes, a size like '512MiB', or a fraction")
+    if isinstance(value, str):
+        text = value.strip().upper().replace(" ", "")
+        if text.endswith("%"):
+            value = float(text[:-1]) / 100
+        else:
+            m = re.fullmatch(r"([0-9]*\.?[0-9]+)([KMG]I?B|B)?", text)
+            if not m:
+                raise ValueError(
+                    f"cache_memory = {value!r}: expected bytes, a size like '512MiB' / '2GB', "
+                    "a fraction like 0.1, or a percentage like '10%'"
+                )
+            return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+    if isinstance(value, float) and 0 < value <= 1:
+        return int(value * device_memory(device))
+    if isinstance(value, int) and value > 0:
+        return value
+    raise ValueError(f"cache_memory = {value!r}: must be positive bytes, or a fraction in (0, 1]")
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    cache_memory: int | float | str = "1GiB"  # one budget for every layer's pages and slots
+    block_size: int = 16  # tokens per page of paged KV, window and latent caches
+    max_num_seqs: int = 64  # running sequences at once
+    max_num_batched_tokens: int = 2048  # tokens per step: decodes plus prefill chunks
+    max_model_len: int | None = None  # prompt + output tokens; default: the model's max positions
+    state_dtype: str = "fp32"  # storage dtype of recurrent (lightning) state slots
+
+    def __post_init__(self):
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} = {value!r}: must be a positive integer")
+        if self.max_model_len is not None and (
+            not isinstance(self.max_model_len, int) or self.max_model_len <= 0
+        ):
+            raise ValueError(f"max_model_len = {self.max_model_len!r}: must be a positive integer or None")
+        if self.state_dtype not in STATE_DTYPES:
+            raise ValueError(f"state_dtype = {self.state_dtype!r}; allowed: {', '.join(STATE_DTYPES)}")
+
+
+STATE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,0 +1,151 @@
+"""The engine's cache states: the same protocol as the dense states in archs/state.py
+(docs/cache_protocol.md), over pages and slots, for a packed batch of sequences.
+
+A step's tokens come as one row [1, T]: first the sequences that add exactly one token (decodes,
+one query each), then the prefill chunks. Each state writes the new tokens' entries into its
+pages (or updates its slots) and runs the paged / varlen ops on them; nothing is gathered into a
+per-sequence tensor here (the ops' backends decide how to read pages).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..archs.state import CompositeSpec, KVSpec, LatentSpec, RecurrentSpec
+from ..kernels import lightning_decode, lightning_prefill, paged_attn_decode, paged_attn_prefill
+from .cache_manager import spec_group
+
+
+@dataclass
+class StepBatch:
+    """Where this step's tokens go. N sequences, T tokens; the first `num_decode` add one token."""
+
+    num_decode: int
+    seq_lens: torch.Tensor  # [N] int32: keys held per sequence once this step's tokens are in
+    cu_prefill: torch.Tensor  # [N - num_decode + 1] int32: query offsets of the prefill chunks
+    tables: dict[str, torch.Tensor]  # group -> [N, max_blocks] int32 (-1: not held)
+    slot_mapping: dict[str, torch.Tensor]  # group -> [T] int64: flat page row of each new token
+    slot_ids: torch.Tensor | None  # [N] int64: recurrent slot of each sequence
+    num_tokens: int
+
+
+class StepHolder:
+    """The batch the runner set for the current forward; every engine state reads it."""
+
+    batch: StepBatch | None = None
+
+
+class EngineState:
+    def __init__(self, holder: StepHolder):
+        self.holder = holder
+
+    def positions(self, batch, t, device):
+        raise RuntimeError("the engine passes per-token positions to the model; a state cannot infer them")
+
+    def advance(self, n: int) -> None:
+        pass  # the scheduler tracks each sequence's length
+
+
+def _paged_attention(step: StepBatch, group: str, q, k_cache, v_cache, scale, window, sinks):
+    """q [T, H, D] over pages -> o [T, H, Dv]: decodes through paged_attn_decode, chunks through
+    the varlen paged prefill."""
+    nd, table, lens = step.num_decode, step.tables[group], step.seq_lens
+    if nd == step.num_tokens:
+        return paged_attn_decode(q, k_cache, v_cache, table, lens, scale, sinks, window)
+    pre = paged_attn_prefill(
+        q[nd:], k_cache, v_cache, table[nd:], step.cu_prefill, lens[nd:], scale, sinks, window
+    )
+    if nd == 0:
+        return pre
+    dec = paged_attn_decode(q[:nd], k_cache, v_cache, table[:nd], lens[:nd], scale, sinks, window)
+    return torch.cat([dec, pre])
+
+
+class PagedKV(EngineState):
+    """Full or sliding-window softmax attention over K/V pages [P, block, Hkv, D]."""
+
+    def __init__(self, holder, group: str, k_pages: torch.Tensor, v_pages: torch.Tensor):
+        super().__init__(holder)
+        self.group, self.k_pages, self.v_pages = group, k_pages, v_pages
+        self.kind = "kv" if group == "paged" else "window"
+
+    def attend(self, q, k, v, *, scale, window, sinks):
+        step = self.holder.batch
+        rows = step.slot_mapping[self.group]
+        self.k_pages.view(-1, *self.k_pages.shape[2:]).index_copy_(0, rows, k[0].to(self.k_pages.dtype))
+        self.v_pages.view(-1, *self.v_pages.shape[2:]).index_copy_(0, rows, v[0].to(self.v_pages.dtype))
+        o = _paged_attention(step, self.group, q[0], self.k_pages, self.v_pages, scale, window, sinks)
+        return o[None]  # [1, T, H, Dv]
+
+
+class PagedLatent(EngineState):
+    """MLA over latent pages [P, block, R + Dr]: the absorbed form is attention with one shared key
+    head [c_kv | k_pe] whose value is its first R channels, so it runs on the paged softmax ops."""
+
+    kind = "latent"
+
+    def __init__(self, holder, pages: torch.Tensor, latent_dim: int):
+        super().__init__(holder)
+        self.pages, self.latent_dim = pages, latent_dim
+
+    def attend_latent(self, q_nope, q_pe, c_kv, k_pe, *, mla):
+        step = self.holder.batch
+        rows = step.slot_mapping["paged"]
+        entry = torch.cat([c_kv[0], k_pe[0]], dim=-1).to(self.pages.dtype)  # [T, R + Dr]
+        self.pages.view(-1, self.pages.shape[-1]).index_copy_(0, rows, entry)
+        q = torch.cat([mla.absorb(q_nope[0]), q_pe[0]], dim=-1)  # [T, H, R + Dr]
+        keys = self.pages[:, :, None, :]  # [P, block, 1, R + Dr]
+        values = self.pages[:, :, None, : self.latent_dim]  # [P, block, 1, R] (a view)
+        o_lat = _paged_attention(step, "paged", q, keys, values, mla.scale, None, None)
+        return mla.unabsorb(o_lat)[None]  # [1, T, H, Dv]
+
+
+class SlotRecurrent(EngineState):
+    """Lightning attention on per-sequence state slots [S, H, K, V] (storage dtype; fp32 math)."""
+
+    kind = "recurrent"
+
+    def __init__(self, holder, slots: torch.Tensor):
+        super().__init__(holder)
+        self.slots = slots
+        self.storage_dtype = slots.dtype
+
+    def attend_linear(self, q, k, v, *, slope, chunk_size):
+        step = self.holder.batch
+        nd, ids = step.num_decode, step.slot_ids
+        outs = []
+        if nd:
+            state = self.slots[ids[:nd]].float()  # [nd, H, K, V]
+            o, state = lightning_decode(q[0, :nd], k[0, :nd], v[0, :nd], slope, state)
+            self.slots[ids[:nd]] = state.to(self.slots.dtype)
+            outs.append(o)
+        if nd < step.num_tokens:
+            initial = self.slots[ids[nd:]].float()
+            o, final = lightning_prefill(
+                q[:, nd:], k[:, nd:], v[:, nd:], slope, initial, True, step.cu_prefill, chunk_size
+            )
+            self.slots[ids[nd:]] = final.to(self.slots.dtype)
+            outs.append(o[0])
+        return (outs[0] if len(outs) == 1 else torch.cat(outs))[None]  # [1, T, H, V]
+
+
+class Composite(EngineState):
+    kind = "composite"
+
+    def __init__(self, holder, parts: list):
+        super().__init__(holder)
+        self.parts = parts
+
+
+def build_state(spec, storage, holder: StepHolder):
+    """The engine state of one layer from its cache spec and the manager's storage for it."""
+    if isinstance(spec, CompositeSpec):
+        return Composite(holder, [build_state(p, s, holder) for p, s in zip(spec.parts, storage, strict=True)])
+    if isinstance(spec, RecurrentSpec):
+        return SlotRecurrent(holder, storage)
+    if isinstance(spec, LatentSpec):
+        return PagedLatent(holder, storage, spec.latent_dim)
+    assert isinstance(spec, KVSpec)
+    return PagedKV(holder, spec_group(spec), *storage)

@@ -1,0 +1,75 @@
+"""The model runner: one packed forward per step for every family, then logits for the last
+token of each sequence that completes its tokens.
+
+The step's tokens form one row [1, T] with per-token positions; the model's layers get the
+engine's states (layer_states.py) in place of the dense ones, so the mixers run unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .cache_manager import CacheManager
+from .layer_states import StepBatch, StepHolder, build_state
+from .request import Request
+
+
+class ModelRunner:
+    def __init__(self, model, cache: CacheManager):
+        self.model, self.cache = model, cache
+        self.device = cache.device
+        self.holder = StepHolder()
+        self.states = [build_state(s, st, self.holder) for s, st in zip(cache.layer_specs, cache.storage, strict=True)]
+
+    def _batch(self, scheduled: list[tuple[Request, int]]):
+        """-> input ids [1, T], positions [1, T], StepBatch."""
+        bs, dev = self.cache.block_size, self.device
+        ids, starts, lens = [], [], []
+        for req, n in scheduled:
+            start = req.num_computed
+            ids.extend(req.all_token_ids[start : start + n])
+            starts.append(start)
+            lens.append(n)
+        q_lens = torch.tensor(lens, dtype=torch.int64)
+        starts_t = torch.tensor(starts, dtype=torch.int64)
+        seq_of_token = torch.repeat_interleave(torch.arange(len(lens)), q_lens)  # [T]
+        first_token = torch.cumsum(q_lens, 0) - q_lens
+        positions = starts_t[seq_of_token] + torch.arange(int(q_lens.sum())) - first_token[seq_of_token]
+        num_decode = sum(1 for n in lens if n == 1)
+        tables, mapping = {}, {}
+        for group in self.cache.pools:
+            rows = [self.cache.holdings[req.request_id].tables[group] for req, _ in scheduled]
+            width = max(len(r) for r in rows)
+            table = torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.int64)
+            page = table[seq_of_token, positions // bs]  # [T]
+            mapping[group] = (page * bs + positions % bs).to(dev)
+            tables[group] = table.to(torch.int32).to(dev)
+        slot_ids = None
+        if self.cache.slot_bytes:
+            slots = [self.cache.holdings[req.request_id].slot for req, _ in scheduled]
+            slot_ids = torch.tensor(slots, dtype=torch.int64, device=dev)
+        cu = torch.zeros(len(lens) - num_decode + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(q_lens[num_decode:], 0)
+        batch = StepBatch(
+            num_decode=num_decode,
+            seq_lens=(starts_t + q_lens).to(torch.int32).to(dev),
+            cu_prefill=cu.to(dev),
+            tables=tables,
+            slot_mapping=mapping,
+            slot_ids=slot_ids,
+            num_tokens=len(ids),
+        )
+        input_ids = torch.tensor(ids, dtype=torch.int64, device=dev)[None]
+        return input_ids, positions.to(dev)[None], batch, torch.cumsum(q_lens, 0) - 1
+
+    @torch.inference_mode()
+    def run(self, scheduled: list[tuple[Request, int]]) -> torch.Tensor:
+        """-> fp32 logits [N, V] at the last new token of each scheduled sequence."""
+        input_ids, positions, batch, last = self._batch(scheduled)
+        self.holder.batch = batch
+        try:
+            hidden, _ = self.model.model(input_ids, cache=self.states, position_ids=positions)
+        finally:
+            self.holder.batch = None
+        return self.model.lm_head(hidden[0, last.to(self.device)]).float()
+
