@@ -25,7 +25,6 @@ import torch
 
 from ..kernels import lightning_decode, lightning_prefill, swa_prefill
 
-
 # --- what a layer's cache looks like, for an engine that lays out its own storage ----------------
 
 

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "attnlab.evals.cli",
     "attnlab.kernels.cli",
     "attnlab.probes.cli",
+    "attnlab.serve.cli",
 ]
 
 

@@ -8,5 +8,13 @@ Call an op like a function; dispatch picks the backend (`backend="name"` overrid
 from .attention_ops import paged_attn_decode, swa_prefill
 from .lightning_ops import lightning_decode, lightning_prefill
 from .mla_ops import mla_decode
+from .paged_ops import paged_attn_prefill
 
-__all__ = ["lightning_decode", "lightning_prefill", "mla_decode", "paged_attn_decode", "swa_prefill"]
+__all__ = [
+    "lightning_decode",
+    "lightning_prefill",
+    "mla_decode",
+    "paged_attn_decode",
+    "paged_attn_prefill",
+    "swa_prefill",
+]

@@ -3,9 +3,11 @@
 - swa_prefill: queries in blocks of Q; block b needs only the keys from its first query's window
   start to its last query, a span of Q + W - 1, cut from the (padded) keys with `unfold` (a view).
   Work is O(T (Q + W)) instead of O(T^2). Without a window (or W >= Tk) it is one [Tq, Tk] block.
-- paged_attn_decode: flash-decoding's split over pages: each page a sequence uses is one work item
-  (one gather through the block table, one batched matmul), and per-sequence sums combine the
-  pages' exp-scores and values (`index_add`). Work is O(sum of lengths): no padding to the longest.
+- paged_attn_decode: flash-decoding's split over pages: each page a sequence reads (from the one
+  holding its window start) is one work item (one gather through the block table, one batched
+  matmul), and per-sequence sums combine the pages' exp-scores and values (`index_add`). Work is
+  O(sum of visible lengths): no padding to the longest.
+- paged_attn_prefill: per sequence, gather its visible pages and run swa_prefill's chunked form.
 - mla_decode: the heads fold into the query rows, [B, Tq*H, R] x [B, R, S] (+ the same for the RoPE
   part), so the latent cache is read once per sequence, not once per head (FlashMLA's layout).
 
@@ -21,6 +23,8 @@ import torch.nn.functional as F
 
 from .attention_ops import PAGED, SWA, default_scale
 from .mla_ops import MLA
+from .paged_cache import first_keys, gather_pages
+from .paged_ops import PREFILL, prefill_by_sequence
 from .registry import register_solution
 from .tensors import compute_dtype
 
@@ -89,33 +93,45 @@ def swa_prefill_chunk(q, k, v, scale=None, window=None, sinks=None):
     return o.to(q.dtype)
 
 
-def paged_attn_decode_chunk(q, k_cache, v_cache, block_table, seq_lens, scale=None, sinks=None):
+def paged_attn_decode_chunk(q, k_cache, v_cache, block_table, seq_lens, scale=None, sinks=None, window=None):
     n, h, d = q.shape
     page, hkv, dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[-1]
     g, dtype, scale = h // hkv, compute_dtype(q, k_cache, v_cache), default_scale(scale, d)
     lens = seq_lens.long()
-    pages = (lens + page - 1) // page  # [N] pages each sequence uses
-    seq = torch.repeat_interleave(torch.arange(n, device=q.device), pages)  # [P] owner of each used page
-    slot = torch.arange(seq.numel(), device=q.device) - (torch.cumsum(pages, 0) - pages)[seq]  # logical page
-    phys = block_table.long()[seq, slot]  # [P] physical page
-    k = k_cache[phys].to(dtype).permute(0, 2, 3, 1)  # [P, Hkv, D, page]
-    v = v_cache[phys].to(dtype).transpose(1, 2)  # [P, Hkv, page, Dv]
-    qg = q.to(dtype).reshape(n, hkv, g, d)[seq]  # [P, Hkv, G, D]
-    logits = torch.matmul(qg, k) * scale  # [P, Hkv, G, page]
-    valid = slot[:, None] * page + torch.arange(page, device=q.device) < lens[seq][:, None]  # [P, page]
+    lo = first_keys(lens, window)  # [N] first visible key: earlier pages may be freed (-1)
+    first = lo // page
+    pages = (lens + page - 1) // page - first  # [N] pages each sequence reads
+    seq = torch.repeat_interleave(torch.arange(n, device=q.device), pages)  # [M] owner of each read page
+    start = torch.cumsum(pages, 0) - pages
+    slot = first[seq] + torch.arange(seq.numel(), device=q.device) - start[seq]  # [M] logical page
+    k, v = gather_pages(k_cache, v_cache, block_table.long()[seq, slot])
+    k = k.to(dtype).permute(0, 2, 3, 1)  # [M, Hkv, D, page]
+    v = v.to(dtype).transpose(1, 2)  # [M, Hkv, page, Dv]
+    qg = q.to(dtype).reshape(n, hkv, g, d)[seq]  # [M, Hkv, G, D]
+    logits = torch.matmul(qg, k) * scale  # [M, Hkv, G, page]
+    pos = slot[:, None] * page + torch.arange(page, device=q.device)  # [M, page]
+    valid = (pos < lens[seq][:, None]) & (pos >= lo[seq][:, None])
     logits = logits.masked_fill(~valid[:, None, None], float("-inf"))
     with torch.no_grad():  # a per-sequence shift cancels exactly; it only keeps exp in range
-        m = logits.amax(-1)  # [P, Hkv, G]
+        m = logits.amax(-1)  # [M, Hkv, G]
         shift = torch.full((n, hkv, g), float("-inf"), dtype=dtype, device=q.device)
         shift = shift.scatter_reduce(0, seq[:, None, None].expand_as(m), m, "amax")
         if sinks is not None:
             shift = torch.maximum(shift, sinks.to(dtype).view(1, hkv, g))
-    p = torch.exp(logits - shift[seq][..., None])  # [P, Hkv, G, page]
+    p = torch.exp(logits - shift[seq][..., None])  # [M, Hkv, G, page]
     denom = torch.zeros(n, hkv, g, dtype=dtype, device=q.device).index_add(0, seq, p.sum(-1))
     if sinks is not None:
         denom = denom + torch.exp(sinks.to(dtype).view(1, hkv, g) - shift)
     o = torch.zeros(n, hkv, g, dv, dtype=dtype, device=q.device).index_add(0, seq, torch.matmul(p, v))
     return (o / denom[..., None]).reshape(n, h, dv).to(q.dtype)
+
+
+def paged_attn_prefill_chunk(
+    q, k_cache, v_cache, block_table, cu_seqlens_q, seq_lens, scale=None, sinks=None, window=None
+):
+    return prefill_by_sequence(
+        swa_prefill_chunk, q, k_cache, v_cache, block_table, cu_seqlens_q, seq_lens, scale, sinks, window
+    )
 
 
 def mla_decode_chunk(q_lat, q_pe, c_kv, k_pe, scale):
@@ -140,5 +156,8 @@ register_solution(
 )
 register_solution(
     PAGED, "torch_chunk", paged_attn_decode_chunk, description="one gather, masked softmax", **_kw
+)
+register_solution(
+    PREFILL, "torch_chunk", paged_attn_prefill_chunk, description="per-sequence gather + swa chunks", **_kw
 )
 register_solution(MLA, "torch_chunk", mla_decode_chunk, description="heads folded into query rows", **_kw)

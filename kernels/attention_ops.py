@@ -10,7 +10,10 @@ joins the softmax and contributes no value (REFERENCES.md).
 `paged_attn_decode`: one query per sequence, q [N, H, D], over a paged cache as the serving engine
 stores it (vLLM layout): k_cache [P, page, Hkv, D], v_cache [P, page, Hkv, Dv], block_table [N,
 max_pages] (physical page of each logical page), seq_lens [N] (keys per sequence; the query's own
-key is already in the cache, so it sits at position seq_len - 1 and sees every key).
+key is already in the cache, so it sits at position seq_len - 1). It sees key j when j <= seq_len - 1
+and, with `window` W, seq_len - 1 - j < W. Table entries of pages wholly before the window start may
+be -1 (freed pages, `paged_cache.py`): no backend reads them. The caches may be non-contiguous views
+of one buffer (MLA's latent cache as key and, cut to its first R channels, as value).
 
 The references are plain torch (`softmax_attention.attention_probs` + einsum), one sequence at a
 time for the paged op.
@@ -22,6 +25,7 @@ import torch
 
 from . import dispatch
 from .definition import Definition, Workload
+from .paged_cache import first_key, random_block_table
 from .registry import register_definition, register_solution
 from .softmax_attention import attention_probs
 from .tensors import random_tensor, torch_dtype
@@ -45,15 +49,23 @@ def swa_reference(q, k, v, scale=None, window=None, sinks=None):
     return torch.einsum("bhqk,bkhd->bqhd", probs, v.repeat_interleave(h // hkv, dim=2))  # [B, Tq, H, Dv]
 
 
-def paged_reference(q, k_cache, v_cache, block_table, seq_lens, scale=None, sinks=None):
+def paged_sequence_reference(q, k_cache, v_cache, table_row, seq_len, scale, window, sinks):
+    """q [Tq, H, D]: the last Tq queries of one sequence -> [Tq, H, Dv]. Gathers the pages from the
+    one holding the first visible key (earlier ones may be freed) and runs the swa reference."""
     page = k_cache.shape[1]
-    outs = []
-    for n, length in enumerate(seq_lens.tolist()):
-        pages = block_table[n, : -(-length // page)].long()
-        k = k_cache[pages].flatten(0, 1)[:length]  # [len, Hkv, D]
-        v = v_cache[pages].flatten(0, 1)[:length]
-        outs.append(swa_reference(q[n, None, None], k[None], v[None], scale, None, sinks)[0, 0])
-    return torch.stack(outs)  # [N, H, Dv]
+    lo = first_key(seq_len, q.shape[0], window) // page
+    pages = table_row[lo : -(-seq_len // page)].long()
+    k = k_cache[pages].flatten(0, 1)[: seq_len - lo * page]  # [S, Hkv, D]
+    v = v_cache[pages].flatten(0, 1)[: seq_len - lo * page]
+    return swa_reference(q[None], k[None], v[None], scale, window, sinks)[0]
+
+
+def paged_reference(q, k_cache, v_cache, block_table, seq_lens, scale=None, sinks=None, window=None):
+    outs = [
+        paged_sequence_reference(q[n, None], k_cache, v_cache, block_table[n], length, scale, window, sinks)
+        for n, length in enumerate(seq_lens.tolist())
+    ]
+    return torch.cat(outs)  # [N, H, Dv]
 
 
 # --- public ops ---------------------------------------------------------------------------------
@@ -64,6 +76,22 @@ def _check_heads(op: str, h: int, hkv: int, sinks) -> None:
         raise ValueError(f"{op}: the {hkv} kv heads must divide the {h} query heads (GQA)")
     if sinks is not None and sinks.shape != (h,):
         raise ValueError(f"{op}: sinks must be [H] = [{h}], got {tuple(sinks.shape)}")
+
+
+def check_window(op: str, window) -> None:
+    if window is not None and (not isinstance(window, int) or window <= 0):
+        raise ValueError(f"{op}: window = {window!r}; must be a positive integer or None (full causal)")
+
+
+def check_paged_cache(op: str, q, k_cache, v_cache, sinks) -> None:
+    if q.dim() != 3 or k_cache.dim() != 4 or v_cache.dim() != 4 or k_cache.shape[:3] != v_cache.shape[:3]:
+        raise ValueError(
+            f"{op}: q must be [N, H, D], k_cache [P, page, Hkv, D], v_cache [P, page, Hkv, Dv]; "
+            f"got {tuple(q.shape)}, {tuple(k_cache.shape)}, {tuple(v_cache.shape)}"
+        )
+    if q.shape[-1] != k_cache.shape[-1]:
+        raise ValueError(f"{op}: q has head dim {q.shape[-1]}, k_cache {k_cache.shape[-1]}")
+    _check_heads(op, q.shape[1], k_cache.shape[2], sinks)
 
 
 def swa_prefill(
@@ -86,8 +114,7 @@ def swa_prefill(
         raise ValueError(
             f"{SWA}: Tq = {q.shape[1]} > Tk = {k.shape[1]}; queries are the last Tq key positions"
         )
-    if window is not None and (not isinstance(window, int) or window <= 0):
-        raise ValueError(f"{SWA}: window = {window!r}; must be a positive integer or None (full causal)")
+    check_window(SWA, window)
     _check_heads(SWA, q.shape[2], k.shape[2], sinks)
     return dispatch.call(SWA, backend, q=q, k=k, v=v, scale=scale, window=window, sinks=sinks)
 
@@ -100,22 +127,19 @@ def paged_attn_decode(
     seq_lens: torch.Tensor,
     scale: float | None = None,
     sinks: torch.Tensor | None = None,
+    window: int | None = None,
     *,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """-> o [N, H, Dv]."""
-    if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape[:3] != v_cache.shape[:3]:
-        raise ValueError(
-            f"{PAGED}: q must be [N, H, D], k_cache [P, page, Hkv, D], v_cache [P, page, Hkv, Dv]; "
-            f"got {tuple(q.shape)}, {tuple(k_cache.shape)}, {tuple(v_cache.shape)}"
-        )
+    """-> o [N, H, Dv]; `window=None` sees the whole sequence."""
+    check_paged_cache(PAGED, q, k_cache, v_cache, sinks)
+    check_window(PAGED, window)
     n = q.shape[0]
     if block_table.dim() != 2 or block_table.shape[0] != n or seq_lens.shape != (n,):
         raise ValueError(
             f"{PAGED}: block_table must be [N, max_pages] and seq_lens [N] with N = {n}; got "
             f"{tuple(block_table.shape)}, {tuple(seq_lens.shape)}"
         )
-    _check_heads(PAGED, q.shape[1], k_cache.shape[2], sinks)
     return dispatch.call(
         PAGED,
         backend,
@@ -126,6 +150,7 @@ def paged_attn_decode(
         seq_lens=seq_lens,
         scale=scale,
         sinks=sinks,
+        window=window,
     )
 
 
@@ -152,14 +177,8 @@ def make_paged_inputs(workload: Workload, device, gen: torch.Generator) -> dict:
     dtype = torch_dtype(spec["q"]["dtype"])
     lens = spec["seq_lens"]["value"]
     n, h, hkv, d, page = len(lens), ax["H"], ax["Hkv"], ax["D"], ax["page"]
-    pages_per_seq = [-(-t // page) for t in lens]
-    max_pages = max(pages_per_seq)
-    num_pages = sum(pages_per_seq) + 3  # a few spare pages: the table must pick the right ones
-    physical = torch.randperm(num_pages, generator=gen).tolist()
-    table = torch.zeros(n, max_pages, dtype=torch.int32)
-    for i, count in enumerate(pages_per_seq):
-        table[i, :count] = torch.tensor(physical[:count], dtype=torch.int32)
-        physical = physical[count:]
+    window = spec.get("window", {}).get("value")
+    table, num_pages = random_block_table(lens, [1] * n, page, window, gen)
     return {
         "q": random_tensor((n, h, d), dtype, gen, device),
         "k_cache": random_tensor((num_pages, page, hkv, d), dtype, gen, device),
@@ -168,6 +187,7 @@ def make_paged_inputs(workload: Workload, device, gen: torch.Generator) -> dict:
         "seq_lens": torch.tensor(lens, dtype=torch.int32, device=device),
         "scale": None,
         "sinks": random_tensor((h,), dtype, gen, device, 1.0) if "sinks" in spec else None,
+        "window": window,
     }
 
 
@@ -192,7 +212,7 @@ def swa_workload(entry: dict, where: str) -> Workload:
 
 def paged_workload(entry: dict, where: str) -> Workload:
     f = take(entry, where, {"heads": 8, "kv_heads": None, "head_dim": 64, "page": 16, "seq_lens": None,
-                            "sinks": False, "dtype": "float32", **HARNESS_DEFAULTS})  # fmt: skip
+                            "window": None, "sinks": False, "dtype": "float32", **HARNESS_DEFAULTS})  # fmt: skip
     lens = f["seq_lens"]
     if not isinstance(lens, list) or not lens or not all(isinstance(x, int) and x > 0 for x in lens):
         raise ValueError(
@@ -203,11 +223,15 @@ def paged_workload(entry: dict, where: str) -> Workload:
     inputs = {"q": dtype_input(f["dtype"]), "seq_lens": {"type": "scalar", "value": lens},
               "k_cache": dtype_input(f["dtype"]), "v_cache": dtype_input(f["dtype"]),
               "block_table": {"type": "generated", "how": "random permutation of pages"}}  # fmt: skip
+    label = f"N{len(lens)} len≤{max(lens)} page{page} H{h}/{hkv} D{d}"
+    if f["window"] is not None:
+        inputs["window"] = {"type": "scalar", "value": f["window"]}
+        label += f" W{f['window']}"
     if f["sinks"]:
         inputs["sinks"] = dtype_input(f["dtype"])
+        label += " sinks"
     axes = {"N": len(lens), "H": h, "Hkv": hkv, "D": d, "Dv": d, "P": sum(pages) + 3, "page": page,
             "max_pages": max(pages)}  # fmt: skip
-    label = f"N{len(lens)} len≤{max(lens)} page{page} H{h}/{hkv} D{d}" + (" sinks" if f["sinks"] else "")
     return Workload(axes=axes, inputs=inputs, label=f"{label} {short_dtype(f['dtype'])}",
                     source=entry.get("model", ""), **harness_fields(f, where))  # fmt: skip
 
@@ -246,10 +270,11 @@ register_definition(
             "seq_lens": {"shape": ["N"], "dtype": "int32"},
             "scale": {"shape": None, "dtype": "float", "optional": True},
             "sinks": {"shape": ["H"], "dtype": "q.dtype", "optional": True},
+            "window": {"shape": None, "dtype": "int", "optional": True},
         },
         outputs={"o": {"shape": ["N", "H", "Dv"], "dtype": "q.dtype"}},
         reference=paged_reference,
-        description="GQA decode over a paged KV cache (block table + lengths), optional sinks.",
+        description="GQA decode over a paged KV cache (block table + lengths), optional window and sinks.",
         grad_inputs=("q", "k_cache", "v_cache", "sinks"),
         make_inputs=make_paged_inputs,
         make_workload=paged_workload,

@@ -20,7 +20,7 @@ from .definition import Trace
 from .workloads import read_config, suite_workloads
 
 
-def _group(sub, name: str, help: str):
+def command_group(sub, name: str, help: str):
     """The subcommands of `attnlab <name>`, shared by every module that adds one (`bench` has
     several: kernels here, crossover and serve elsewhere)."""
     parser = sub.choices.get(name) or sub.add_parser(name, help=help)
@@ -67,13 +67,13 @@ def _add_common(p: argparse.ArgumentParser, default_out: str, default_reps: int)
 
 
 def register(sub) -> None:
-    kernels = _group(sub, "kernels", "kernel harness: op definitions and backends")
+    kernels = command_group(sub, "kernels", "kernel harness: op definitions and backends")
     check = kernels.add_parser(
         "check", help="check every backend against the reference, time, rank for dispatch"
     )
     _add_common(check, "runs/kernels-check", default_reps=3)
     check.set_defaults(func=cmd_check)
-    bench = _group(sub, "bench", "benchmarks")
+    bench = command_group(sub, "bench", "benchmarks")
     bk = bench.add_parser("kernels", help="benchmark every backend of every op (traces + markdown)")
     _add_common(bk, "runs/bench-kernels", default_reps=5)
     bk.set_defaults(func=cmd_bench)

@@ -5,8 +5,12 @@ Order of choice:
 2. The ranking `attnlab kernels check` (or `attnlab bench kernels`) stored for this device: the
    backends that passed the correctness check on every workload, fastest first (one ranking for forward-only calls, one for calls that need
    gradients). The first that can take the call runs.
-3. No ranking (nothing checked on this device yet): `torch_chunk`, else the `torch` reference.
-   Unchecked kernels never run unasked, so a fresh GPU machine also starts on `torch_chunk`.
+3. No ranking (nothing checked on this device yet): the op's DEFAULT_ORDER if it has one, then
+   `torch_chunk`, else the `torch` reference. DEFAULT_ORDER holds the paged ops: the `c` kernel
+   (CPU, fp32, forward; tested with the package), then torch's own SDPA, both measured faster than
+   torch_chunk on CPU. Each candidate must still take the call (device, dtype, gradients,
+   `supports`), so a GPU, bf16 or backward paged decode skips `c`. Other kernels never run unchecked
+   and unasked, so a fresh GPU machine starts on SDPA for the paged ops, `torch_chunk` for the rest.
 
 Rankings live in one JSON file (`ATTNLAB_KERNEL_CACHE`, default ~/.cache/attnlab/kernels.json),
 keyed by device and library versions: a new driver, torch, triton or fla version starts clean.
@@ -27,6 +31,8 @@ from . import registry
 from .registry import Solution
 
 FALLBACK = ("torch_chunk", "torch")
+# Tried before FALLBACK when this device has no ranking for the op.
+DEFAULT_ORDER = {"paged_attn_decode": ("c", "sdpa"), "paged_attn_prefill": ("sdpa",)}
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -124,7 +130,8 @@ def select(op: str, inputs: dict, backend: str | None = None) -> Solution:
             raise RuntimeError(f"backend={backend!r} cannot run {op} on {device.type} here: {reason}")
         return sol
     mode = "fwd+bwd" if needs_grad else "fwd"
-    for name in (*stored_ranking(device.type, op, mode), *FALLBACK):
+    ranking = stored_ranking(device.type, op, mode) or DEFAULT_ORDER.get(op, ())
+    for name in (*ranking, *FALLBACK):
         sol = sols.get(name)
         if sol is None or sol.peer:
             continue

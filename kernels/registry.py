@@ -17,7 +17,7 @@ import torch
 
 from .definition import Definition
 
-OP_MODULES = ["lightning_ops", "attention_ops", "mla_ops"]
+OP_MODULES = ["lightning_ops", "attention_ops", "mla_ops", "paged_ops"]
 BACKEND_MODULES = [
     "lightning_chunk",
     "attention_chunk",
@@ -25,6 +25,7 @@ BACKEND_MODULES = [
     "fla_backend",
     "triton_lightning",
     "triton_attention",
+    "c_backend",
 ]
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
@@ -41,7 +42,7 @@ def _always(*_args) -> None:
 class Solution:
     """One backend of one op. `spec` uses FlashInfer-Bench's keys."""
 
-    name: str  # backend: torch, torch_chunk, triton, fla, fla_naive, sdpa
+    name: str  # backend: torch, torch_chunk, triton, fla, fla_naive, sdpa, c
     definition: str  # op name
     fn: Callable
     spec: dict  # {"language", "target_hardware", "entry_point", "dependencies"}

@@ -116,7 +116,9 @@ class CacheManager:
             )
         self.pools: dict[str, BlockPool] = {}
         for g, w in self.windows.items():
-            self.pools[g] = BlockPool(self.max_seqs * (math.ceil((w - 1) / bs) + 2) + math.ceil(chunk / bs) + 1)
+            self.pools[g] = BlockPool(
+                self.max_seqs * (math.ceil((w - 1) / bs) + 2) + math.ceil(chunk / bs) + 1
+            )
         if PAGED in self.token_bytes:
             left = budget - self.max_seqs * per_seq - extra
             self.pools[PAGED] = BlockPool(left // (bs * self.token_bytes[PAGED]))
@@ -194,7 +196,9 @@ class CacheManager:
     def can_extend(self, request_id: str, start: int, n: int) -> bool:
         holding = self.holdings[request_id]
         self._release_behind_window(holding, start)
-        return all(self.pools[g].num_free >= k for g, k in self._new_blocks(holding, start, start + n).items())
+        return all(
+            self.pools[g].num_free >= k for g, k in self._new_blocks(holding, start, start + n).items()
+        )
 
     def extend(self, request_id: str, start: int, n: int) -> None:
         """Cover tokens up to start + n (call can_extend first)."""
@@ -229,7 +233,9 @@ class CacheManager:
         return out
 
     def used_fraction(self) -> float:
-        held = sum((p.capacity - p.num_free) * self.block_size * self.token_bytes[g] for g, p in self.pools.items())
+        held = sum(
+            (p.capacity - p.num_free) * self.block_size * self.token_bytes[g] for g, p in self.pools.items()
+        )
         held += (self.slots.capacity - self.slots.num_free) * self.slot_bytes
         return held / max(1, self.allocated_bytes())
 
@@ -242,4 +248,3 @@ def _flat_storage(spec, store) -> list:
     if isinstance(spec, CompositeSpec):
         return [t for part, s in zip(spec.parts, store, strict=True) for t in _flat_storage(part, s)]
     return [store]
-

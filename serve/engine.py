@@ -35,7 +35,11 @@ class LLMEngine:
         self.runner = ModelRunner(model, self.cache)
         self.requests: dict[str, Request] = {}
         self.vocab_size = model.config.vocab_size
-        eos = getattr(model.generation_config, "eos_token_id", None) if hasattr(model, "generation_config") else None
+        eos = (
+            getattr(model.generation_config, "eos_token_id", None)
+            if hasattr(model, "generation_config")
+            else None
+        )
         if eos is None and tokenizer is not None:
             eos = tokenizer.eos_token_id
         self.eos_token_id = eos[0] if isinstance(eos, list) else eos
@@ -65,7 +69,9 @@ class LLMEngine:
             gen = torch.Generator().manual_seed(
                 params.seed if params.seed is not None else int(torch.randint(2**62, ()))
             )
-        req = Request(request_id, text, ids, params, self.eos_token_id, Metrics(arrival_time or now()), generator=gen)
+        req = Request(
+            request_id, text, ids, params, self.eos_token_id, Metrics(arrival_time or now()), generator=gen
+        )
         self.requests[request_id] = req
         self.scheduler.add(req)
         return request_id
@@ -78,9 +84,15 @@ class LLMEngine:
             text = prompt
         else:
             ids, text = list(prompt), None
-            bad = [t for t in ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size]
+            bad = [
+                t
+                for t in ids
+                if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size
+            ]
             if bad:
-                raise ValueError(f"prompt token ids must be integers in [0, {self.vocab_size}); got {bad[:5]}")
+                raise ValueError(
+                    f"prompt token ids must be integers in [0, {self.vocab_size}); got {bad[:5]}"
+                )
         if not ids:
             raise ValueError("prompt is empty: give at least one token")
         return text, ids
@@ -131,7 +143,7 @@ class LLMEngine:
                 top = logprobs[row].topk(req.params.logprobs) if req.params.logprobs else None
                 entry = {token: float(logprobs[row, token])}
                 if top is not None:
-                    entry.update(zip(top.indices.tolist(), top.values.tolist()))
+                    entry.update(zip(top.indices.tolist(), top.values.tolist(), strict=False))
                 req.output_logprobs.append(entry)
             self._check_stop(req)
             if req.finish_reason is not None:

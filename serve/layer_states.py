@@ -142,7 +142,9 @@ class Composite(EngineState):
 def build_state(spec, storage, holder: StepHolder):
     """The engine state of one layer from its cache spec and the manager's storage for it."""
     if isinstance(spec, CompositeSpec):
-        return Composite(holder, [build_state(p, s, holder) for p, s in zip(spec.parts, storage, strict=True)])
+        return Composite(
+            holder, [build_state(p, s, holder) for p, s in zip(spec.parts, storage, strict=True)]
+        )
     if isinstance(spec, RecurrentSpec):
         return SlotRecurrent(holder, storage)
     if isinstance(spec, LatentSpec):

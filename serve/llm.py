@@ -1,9 +1,9 @@
 """The offline API: `LLM(path_or_model).generate(prompts, params)`.
 
-    from attnlab.serve import LLM, SamplingParams
-    llm = LLM("runs/my-run", cache_memory="512MiB")
-    outs = llm.generate(["The cat", [1, 2, 3]], SamplingParams(max_tokens=32))
-    outs[0].text, outs[0].token_ids, outs[0].metrics.ttft
+from attnlab.serve import LLM, SamplingParams
+llm = LLM("runs/my-run", cache_memory="512MiB")
+outs = llm.generate(["The cat", [1, 2, 3]], SamplingParams(max_tokens=32))
+outs[0].text, outs[0].token_ids, outs[0].metrics.ttft
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ class LLM:
         use_tqdm: bool = True,
     ) -> list[RequestOutput]:
         """One output per prompt, in order. A prompt is a string or a list of token ids."""
-        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+        if isinstance(prompts, str) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+        ):
             prompts = [prompts]
         params = params or SamplingParams()
         if isinstance(params, list) and len(params) != len(prompts):

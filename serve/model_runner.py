@@ -19,7 +19,9 @@ class ModelRunner:
         self.model, self.cache = model, cache
         self.device = cache.device
         self.holder = StepHolder()
-        self.states = [build_state(s, st, self.holder) for s, st in zip(cache.layer_specs, cache.storage, strict=True)]
+        self.states = [
+            build_state(s, st, self.holder) for s, st in zip(cache.layer_specs, cache.storage, strict=True)
+        ]
 
     def _batch(self, scheduled: list[tuple[Request, int]]):
         """-> input ids [1, T], positions [1, T], StepBatch."""
@@ -72,4 +74,3 @@ class ModelRunner:
         finally:
             self.holder.batch = None
         return self.model.lm_head(hidden[0, last.to(self.device)]).float()
-

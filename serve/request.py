@@ -31,7 +31,7 @@ class Metrics:
 
     @property
     def time_between_tokens(self) -> list[float]:
-        return [b - a for a, b in zip(self.token_times, self.token_times[1:])]
+        return [b - a for a, b in zip(self.token_times, self.token_times[1:], strict=False)]
 
     @property
     def e2e(self) -> float | None:

@@ -29,9 +29,17 @@ class SamplingParams:
         _int(self.top_k, "top_k", 0)
         if self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens = {self.min_tokens} > max_tokens = {self.max_tokens}")
-        if not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool) or self.temperature < 0:
+        if (
+            not isinstance(self.temperature, (int, float))
+            or isinstance(self.temperature, bool)
+            or self.temperature < 0
+        ):
             raise ValueError(f"temperature = {self.temperature!r}: must be a number >= 0 (0 is greedy)")
-        if not isinstance(self.top_p, (int, float)) or isinstance(self.top_p, bool) or not 0 < self.top_p <= 1:
+        if (
+            not isinstance(self.top_p, (int, float))
+            or isinstance(self.top_p, bool)
+            or not 0 < self.top_p <= 1
+        ):
             raise ValueError(f"top_p = {self.top_p!r}: must be in (0, 1]")
         if self.seed is not None:
             _int(self.seed, "seed", 0)

@@ -81,7 +81,9 @@ def test_greedy_equals_hf_generate(name):
     outs, _ = run_engine(model, prompts())
     for prompt, out in zip(prompts(), outs, strict=True):
         ids = torch.tensor([prompt])
-        expected = model.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False)[0, len(prompt) :]
+        expected = model.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False)[
+            0, len(prompt) :
+        ]
         assert out.token_ids == expected.tolist()
 
 
@@ -99,7 +101,9 @@ def test_token_budgets_give_the_same_outputs(name, budget):
 @pytest.mark.parametrize("name", ["full", "lightning", "hybrid-1to1"])
 def test_arrivals_mid_run(name):
     model = build(name)
-    engine = LLMEngine(model, None, EngineConfig(cache_memory="64MiB", max_num_batched_tokens=6, max_model_len=256))
+    engine = LLMEngine(
+        model, None, EngineConfig(cache_memory="64MiB", max_num_batched_tokens=6, max_model_len=256)
+    )
     todo = list(enumerate(prompts((9, 4, 17, 2, 11))))
     done, step = {}, 0
     while todo or engine.has_unfinished():
@@ -139,7 +143,9 @@ def test_preemption_under_a_tiny_budget_completes_with_the_same_outputs(name):
     budget = model.state_bytes(48)
     while True:  # the smallest budget (within 10%) that holds one sequence of max_model_len
         try:
-            LLMEngine(model, None, EngineConfig(cache_memory=budget, max_num_batched_tokens=16, max_model_len=48))
+            LLMEngine(
+                model, None, EngineConfig(cache_memory=budget, max_num_batched_tokens=16, max_model_len=48)
+            )
             break
         except ValueError:
             budget = int(budget * 1.1)
@@ -231,7 +237,10 @@ def test_top_k_one_is_greedy():
     model = build("full")
     llm = LLM(model, cache_memory="64MiB", max_model_len=256)
     p = SamplingParams(max_tokens=8, temperature=0.8, top_k=1, seed=0, ignore_eos=True)
-    assert llm.generate(prompts((7,)), p, use_tqdm=False)[0].token_ids == reference(model, prompts((7,))[0], 8)[0]
+    assert (
+        llm.generate(prompts((7,)), p, use_tqdm=False)[0].token_ids
+        == reference(model, prompts((7,))[0], 8)[0]
+    )
 
 
 def test_sampling_params_errors_name_the_field():

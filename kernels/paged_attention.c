@@ -1,0 +1,104 @@
+/* Paged attention decode, fp32, CPU: the `c` backend of paged_attn_decode (kernels/c_backend.py).
+ *
+ * One work item per (sequence, query head), spread over OpenMP threads. Each item walks its
+ * visible keys in place through the block table (no gather copy), one page at a time: the page's
+ * scores first, then one rescale of the running sum and output if the running max grew, then the
+ * page's values. A sink starts the running max at its logit and the running sum at 1 (its own
+ * exp), so it joins the normaliser and adds no value. Plain C: the caller passes data pointers,
+ * sizes and element strides (the caches may be views of one buffer; their last dim is contiguous).
+ */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { OK = 0, BAD_PAGE = 1, TABLE_TOO_SHORT = 2, NO_MEMORY = 3 };
+
+/* One (sequence, query head): o[dv] = softmax over the keys [lo, len) (+ sink) of q . k, times v. */
+static int attend(const float *q, const float *k, const float *v, const int32_t *table, int64_t len,
+                  int64_t lo, int64_t num_pages, int64_t page, int64_t d, int64_t dv, int64_t k_sp,
+                  int64_t k_st, int64_t v_sp, int64_t v_st, const float *sink, float scale,
+                  float *score, float *acc, float *o) {
+    float m = sink ? *sink : -INFINITY;
+    float l = sink ? 1.0f : 0.0f;
+    memset(acc, 0, (size_t)dv * sizeof(float));
+    for (int64_t p = lo / page; p * page < len; p++) {
+        const int64_t phys = table[p];
+        if (phys < 0 || phys >= num_pages) return BAD_PAGE;
+        const int64_t j0 = (lo > p * page ? lo : p * page) - p * page;
+        const int64_t j1 = (len < (p + 1) * page ? len : (p + 1) * page) - p * page;
+        const float *kp = k + phys * k_sp;
+        const float *vp = v + phys * v_sp;
+        float mx = m;
+        for (int64_t j = j0; j < j1; j++) {
+            const float *kr = kp + j * k_st;
+            float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+            for (int64_t e = 0; e < d; e++) s += q[e] * kr[e];
+            s *= scale;
+            score[j] = s;
+            mx = s > mx ? s : mx;
+        }
+        if (mx > m) { /* the max grew: rescale what was summed against the old one */
+            const float c = expf(m - mx); /* exp(-inf) = 0 before the first key */
+            l *= c;
+#pragma omp simd
+            for (int64_t e = 0; e < dv; e++) acc[e] *= c;
+            m = mx;
+        }
+        for (int64_t j = j0; j < j1; j++) {
+            const float w = expf(score[j] - m);
+            const float *vr = vp + j * v_st;
+            l += w;
+#pragma omp simd
+            for (int64_t e = 0; e < dv; e++) acc[e] += w * vr[e];
+        }
+    }
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f; /* l = 0 only for a sequence with no keys */
+#pragma omp simd
+    for (int64_t e = 0; e < dv; e++) o[e] = acc[e] * inv;
+    return OK;
+}
+
+/* q [n, h, d] and out [n, h, dv] contiguous; block_table [n, max_pages] and seq_lens [n] contiguous
+ * int32; k/v strides in elements for (page, token, head). window <= 0: none. sinks may be NULL.
+ * Returns OK or the first error met (items after an error are skipped). */
+int paged_attn_decode_f32(const float *q, const float *k, const float *v, const int32_t *block_table,
+                          const int32_t *seq_lens, const float *sinks, float *out, int64_t n, int64_t h,
+                          int64_t hkv, int64_t d, int64_t dv, int64_t page, int64_t num_pages,
+                          int64_t max_pages, int64_t k_sp, int64_t k_st, int64_t k_sh, int64_t v_sp,
+                          int64_t v_st, int64_t v_sh, int64_t window, float scale, int num_threads) {
+    const int64_t group = h / hkv;
+    int status = OK;
+#pragma omp parallel num_threads(num_threads)
+    {
+        float *score = malloc((size_t)page * sizeof(float));
+        float *acc = malloc((size_t)dv * sizeof(float));
+        int mine = score && acc ? OK : NO_MEMORY;
+        /* dynamic: ragged lengths make items unequal */
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int64_t i = 0; i < n; i++) {
+            for (int64_t hh = 0; hh < h; hh++) {
+                if (mine != OK) continue;
+                const int64_t len = seq_lens[i];
+                const int64_t lo = window > 0 && len > window ? len - window : 0;
+                if (len > max_pages * page) {
+                    mine = TABLE_TOO_SHORT;
+                    continue;
+                }
+                const int64_t kv = hh / group;
+                mine = attend(q + (i * h + hh) * d, k + kv * k_sh, v + kv * v_sh, block_table + i * max_pages,
+                              len, lo, num_pages, page, d, dv, k_sp, k_st, v_sp, v_st,
+                              sinks ? sinks + hh : NULL, scale, score, acc, out + (i * h + hh) * dv);
+            }
+        }
+        if (mine != OK) {
+#pragma omp atomic write
+            status = mine;
+        }
+        free(score);
+        free(acc);
+    }
+    return status;
+}

@@ -1,0 +1,194 @@
+"""Op `paged_attn_prefill`: a packed batch of query chunks over a paged KV cache (chunked prefill).
+
+    q [T, H, D]                      the new tokens of N sequences, packed (T = cu_seqlens_q[N])
+    k_cache [P, page, Hkv, D], v_cache [P, page, Hkv, Dv], block_table [N, max_pages] (vLLM layout)
+    cu_seqlens_q [N+1] int32         sequence n's queries are q[cu[n]:cu[n+1]]
+    seq_lens [N] int32               keys per sequence, the new tokens included (already in the cache)
+    -> o [T, H, Dv]
+
+Sequence n's queries are its last cu[n+1] - cu[n] key positions (bottom-right causal, as
+`swa_prefill`): a first chunk (queries = keys), a later chunk over a cached prefix, or one decode
+token. Query i sees key j when j <= i and, with `window` W, i - j < W; `sinks` [H] as GPT-OSS.
+Pages wholly before a sequence's first visible key may be -1 in the table (freed).
+
+The reference gathers each sequence's pages and runs the `swa_prefill` reference; the fast
+backends (`prefill_by_sequence`) gather only the pages from the window start on, with
+index_select, and run their own `swa_prefill` on [1, S, Hkv, D].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import pairwise
+
+import torch
+
+from . import dispatch
+from .attention_ops import check_paged_cache, check_window, paged_sequence_reference
+from .definition import Definition, Workload
+from .paged_cache import random_block_table, sequence_kv
+from .registry import register_definition, register_solution
+from .tensors import random_tensor, torch_dtype
+from .workloads import HARNESS_DEFAULTS, dtype_input, harness_fields, short_dtype, take
+
+PREFILL = "paged_attn_prefill"
+
+
+def _chunks(cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor):
+    """-> (n, first query row, query count, seq_len) of every sequence with queries."""
+    cu = cu_seqlens_q.tolist()
+    for n, length in enumerate(seq_lens.tolist()):
+        if cu[n + 1] > cu[n]:
+            yield n, cu[n], cu[n + 1] - cu[n], length
+
+
+def _join(outs: list[torch.Tensor], q: torch.Tensor, dv: int) -> torch.Tensor:
+    return torch.cat(outs) if outs else q.new_zeros(q.shape[0], q.shape[1], dv)  # [T, H, Dv]
+
+
+def paged_prefill_reference(
+    q, k_cache, v_cache, block_table, cu_seqlens_q, seq_lens, scale=None, sinks=None, window=None
+):
+    outs = [
+        paged_sequence_reference(
+            q[a : a + tq], k_cache, v_cache, block_table[n], length, scale, window, sinks
+        )
+        for n, a, tq, length in _chunks(cu_seqlens_q, seq_lens)
+    ]
+    return _join(outs, q, v_cache.shape[-1])
+
+
+def prefill_by_sequence(
+    swa_fn: Callable, q, k_cache, v_cache, block_table, cu_seqlens_q, seq_lens, scale, sinks, window
+) -> torch.Tensor:
+    """Run a `swa_prefill` implementation per sequence on the keys its queries can see."""
+    outs = []
+    for n, a, tq, length in _chunks(cu_seqlens_q, seq_lens):
+        k, v = sequence_kv(k_cache, v_cache, block_table[n], length, tq, window)  # [S, Hkv, D*]
+        outs.append(swa_fn(q[None, a : a + tq], k[None], v[None], scale, window, sinks)[0])
+    return _join(outs, q, v_cache.shape[-1])
+
+
+def paged_attn_prefill(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float | None = None,
+    sinks: torch.Tensor | None = None,
+    window: int | None = None,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """-> o [T, H, Dv]; `scale` defaults to D^-1/2, `window=None` is full causal attention."""
+    check_paged_cache(PREFILL, q, k_cache, v_cache, sinks)
+    check_window(PREFILL, window)
+    n = seq_lens.shape[0] if seq_lens.dim() == 1 else -1
+    if block_table.dim() != 2 or block_table.shape[0] != n or cu_seqlens_q.shape != (n + 1,):
+        raise ValueError(
+            f"{PREFILL}: need seq_lens [N], block_table [N, max_pages], cu_seqlens_q [N+1]; got "
+            f"{tuple(seq_lens.shape)}, {tuple(block_table.shape)}, {tuple(cu_seqlens_q.shape)}"
+        )
+    cu, lens = cu_seqlens_q.tolist(), seq_lens.tolist()
+    q_lens = [b - a for a, b in pairwise(cu)]
+    if cu[0] != 0 or cu[-1] != q.shape[0] or min(q_lens, default=0) < 0:
+        raise ValueError(f"{PREFILL}: cu_seqlens_q = {cu} must rise from 0 to T = {q.shape[0]}")
+    if any(tq > t for tq, t in zip(q_lens, lens, strict=True)):
+        raise ValueError(
+            f"{PREFILL}: query counts {q_lens} exceed seq_lens {lens}; queries are the last keys"
+        )
+    if max(lens, default=0) > block_table.shape[1] * k_cache.shape[1]:
+        raise ValueError(f"{PREFILL}: seq_lens {lens} exceed the block table's {block_table.shape[1]} pages")
+    return dispatch.call(PREFILL, backend, q=q, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
+                         cu_seqlens_q=cu_seqlens_q, seq_lens=seq_lens, scale=scale, sinks=sinks,
+                         window=window)  # fmt: skip
+
+
+# --- definition and workload inputs --------------------------------------------------------------
+
+
+def make_prefill_inputs(workload: Workload, device, gen: torch.Generator) -> dict:
+    ax, spec = workload.axes, workload.inputs
+    dtype = torch_dtype(spec["q"]["dtype"])
+    lens, q_lens = spec["seq_lens"]["value"], spec["cu_seqlens_q"]["q_lens"]
+    h, hkv, d, page = ax["H"], ax["Hkv"], ax["D"], ax["page"]
+    window = spec.get("window", {}).get("value")
+    table, num_pages = random_block_table(lens, q_lens, page, window, gen)
+    cu = torch.tensor([0, *q_lens]).cumsum(0).to(torch.int32)
+    return {
+        "q": random_tensor((sum(q_lens), h, d), dtype, gen, device),
+        "k_cache": random_tensor((num_pages, page, hkv, d), dtype, gen, device),
+        "v_cache": random_tensor((num_pages, page, hkv, d), dtype, gen, device),
+        "block_table": table.to(device),
+        "cu_seqlens_q": cu.to(device),
+        "seq_lens": torch.tensor(lens, dtype=torch.int32, device=device),
+        "scale": None,
+        "sinks": random_tensor((h,), dtype, gen, device, 1.0) if "sinks" in spec else None,
+        "window": window,
+    }
+
+
+def _lengths(value, where: str, name: str, lowest: int) -> list[int]:
+    if not isinstance(value, list) or not value or not all(isinstance(x, int) and x >= lowest for x in value):
+        raise ValueError(
+            f"{where}.{name} = {value!r}: need a list of lists of lengths >= {lowest}, e.g. [[7, 300]]"
+        )
+    return value
+
+
+def prefill_workload(entry: dict, where: str) -> Workload:
+    f = take(entry, where, {"heads": 8, "kv_heads": None, "head_dim": 64, "page": 16, "seq_lens": None,
+                            "q_lens": None, "window": None, "sinks": False, "dtype": "float32",
+                            **HARNESS_DEFAULTS})  # fmt: skip
+    lens = _lengths(f["seq_lens"], where, "seq_lens", 1)
+    q_lens = lens if f["q_lens"] is None else _lengths(f["q_lens"], where, "q_lens", 0)
+    if len(q_lens) != len(lens) or any(tq > t for tq, t in zip(q_lens, lens, strict=True)):
+        raise ValueError(f"{where}: q_lens {q_lens} must give one count <= seq_len per sequence of {lens}")
+    h, hkv, d, page = f["heads"], f["kv_heads"] or f["heads"], f["head_dim"], f["page"]
+    pages = [-(-t // page) for t in lens]
+    inputs = {"q": dtype_input(f["dtype"]), "seq_lens": {"type": "scalar", "value": lens},
+              "cu_seqlens_q": {"type": "generated", "how": "cumulative q_lens", "q_lens": q_lens},
+              "k_cache": dtype_input(f["dtype"]), "v_cache": dtype_input(f["dtype"]),
+              "block_table": {"type": "generated", "how": "random permutation of pages"}}  # fmt: skip
+    label = f"N{len(lens)} T{sum(q_lens)} len≤{max(lens)} page{page} H{h}/{hkv} D{d}"
+    if f["window"] is not None:
+        inputs["window"] = {"type": "scalar", "value": f["window"]}
+        label += f" W{f['window']}"
+    if f["sinks"]:
+        inputs["sinks"] = dtype_input(f["dtype"])
+        label += " sinks"
+    axes = {"T": sum(q_lens), "N": len(lens), "H": h, "Hkv": hkv, "D": d, "Dv": d, "P": sum(pages) + 3,
+            "page": page, "max_pages": max(pages)}  # fmt: skip
+    return Workload(axes=axes, inputs=inputs, label=f"{label} {short_dtype(f['dtype'])}",
+                    source=entry.get("model", ""), **harness_fields(f, where))  # fmt: skip
+
+
+register_definition(
+    Definition(
+        name=PREFILL,
+        op_type="attention",
+        axes={k: {"type": "var"} for k in ("T", "N", "H", "Hkv", "D", "Dv", "P", "page", "max_pages")},
+        inputs={
+            "q": {"shape": ["T", "H", "D"], "dtype": "any float"},
+            "k_cache": {"shape": ["P", "page", "Hkv", "D"], "dtype": "q.dtype"},
+            "v_cache": {"shape": ["P", "page", "Hkv", "Dv"], "dtype": "q.dtype"},
+            "block_table": {"shape": ["N", "max_pages"], "dtype": "int32"},
+            "cu_seqlens_q": {"shape": ["N+1"], "dtype": "int32"},
+            "seq_lens": {"shape": ["N"], "dtype": "int32"},
+            "scale": {"shape": None, "dtype": "float", "optional": True},
+            "sinks": {"shape": ["H"], "dtype": "q.dtype", "optional": True},
+            "window": {"shape": None, "dtype": "int", "optional": True},
+        },
+        outputs={"o": {"shape": ["T", "H", "Dv"], "dtype": "q.dtype"}},
+        reference=paged_prefill_reference,
+        description="Packed query chunks over a paged KV cache (bottom-right causal), window, sinks, GQA.",
+        grad_inputs=("q", "k_cache", "v_cache", "sinks"),
+        make_inputs=make_prefill_inputs,
+        make_workload=prefill_workload,
+    )
+)
+register_solution(PREFILL, "torch", paged_prefill_reference, language="pytorch",
+                  target_hardware=["cpu", "cuda"], backward=True,
+                  description="per-sequence gather + masked softmax")  # fmt: skip

@@ -1,0 +1,77 @@
+"""`attnlab bench serve`: the serving benchmark on the command line (serve/bench.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _list(kind: str, allowed=None, cast=str):
+    def parse(text: str) -> list:
+        try:
+            items = [cast(s.strip()) for s in text.split(",") if s.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated {kind}") from None
+        bad = [i for i in items if (allowed is not None and i not in allowed) or (cast is int and i <= 0)]
+        if bad or not items:
+            hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+            raise argparse.ArgumentTypeError(f"invalid {kind} {bad or text!r}{hint}")
+        return items
+
+    return parse
+
+
+def register(sub) -> None:
+    from attnlab.cli import positive_int
+
+    from ..kernels.cli import command_group
+    from .bench import FAMILIES
+
+    bench = command_group(sub, "bench", "benchmarks")
+    p = bench.add_parser("serve", help="the serving engine against HF generate(): tok/s, TTFT, Poisson stream")
+    p.add_argument("--out", type=Path, default=Path("runs/bench-serve"), help="run directory (JSON + markdown)")
+    p.add_argument("--families", type=_list("families", list(FAMILIES)), default=list(FAMILIES))
+    p.add_argument("--batches", type=_list("batch sizes", cast=int), default=[1, 8, 32])
+    p.add_argument("--prompt-len", type=positive_int, default=512)
+    p.add_argument("--new-tokens", type=positive_int, default=128)
+    p.add_argument("--cache-memory", default="2GiB", help="engine cache budget (bytes, '2GiB', or a fraction)")
+    p.add_argument("--poisson-rate", type=float, default=2.0, help="arrival rate of the stream, requests/s")
+    p.add_argument("--poisson-requests", type=positive_int, default=24)
+    p.add_argument(
+        "--decode-contexts", type=_list("context lengths", cast=int), default=[512, 4096, 32768],
+        help="contexts for the per-token decode cost (full attention stops at 4096)",
+    )  # fmt: skip
+    p.add_argument("--no-hf", action="store_true", help="skip the generate() peers")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: every core)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_bench_serve)
+
+
+def cmd_bench_serve(args) -> int:
+    from .bench import BenchOptions, run
+
+    if args.poisson_rate <= 0:
+        print(f"attnlab bench serve: error: --poisson-rate {args.poisson_rate}: must be > 0", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    opts = BenchOptions(
+        out=args.out,
+        families=args.families,
+        batches=args.batches,
+        prompt_len=args.prompt_len,
+        new_tokens=args.new_tokens,
+        cache_memory=args.cache_memory,
+        poisson_rate=args.poisson_rate,
+        poisson_requests=args.poisson_requests,
+        decode_contexts=tuple(args.decode_contexts),
+        hf=not args.no_hf,
+        seed=args.seed,
+    )
+    print(f"attnlab bench serve: {', '.join(opts.families)} at batch {opts.batches}, "
+          f"{torch.get_num_threads()} threads -> {opts.out}", flush=True)  # fmt: skip
+    run(opts)
+    print((opts.out / "bench_serve.md").read_text())
+    return 0
