@@ -74,9 +74,12 @@ class LightningAttention(Mixer):
         self.init_head_mask()
 
     def slope(self, device) -> torch.Tensor:
-        # Recomputed per call rather than held as a buffer: `model.to(bfloat16)` would round a
-        # buffer, and a rate off by 0.4% compounds into exp(-s t) errors that grow with t.
-        return minimax_slopes(self.num_heads, self.layer_idx, self.num_layers, device)
+        # A plain fp32 tensor per device, not a buffer: `model.to(bfloat16)` would round a buffer,
+        # and a rate off by 0.4% compounds into exp(-s t) errors that grow with t.
+        cache = self.__dict__.setdefault("_slopes", {})
+        if device not in cache:
+            cache[device] = minimax_slopes(self.num_heads, self.layer_idx, self.num_layers, device)
+        return cache[device]
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, T, D] -> q, k, v [B, T, H, Dh]."""
@@ -92,6 +95,8 @@ class LightningAttention(Mixer):
         recurrent state filled before it holds only sum(decay k^T v), which the query e_0 reads with
         each past value weighted by its key's first channel instead of by 1.
         """
+        if not self.any_uniform_heads():
+            return q, k
         unit = torch.zeros(q.shape[-1], dtype=q.dtype, device=q.device)
         unit[0] = 1.0
         flag = self.head_uniform.to(q.dtype)[:, None]  # [H, 1], broadcasts over [B, T, H, D]

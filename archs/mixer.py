@@ -41,8 +41,15 @@ class Mixer(nn.Module):
         # zeroed (its query is zeroed), so it attends uniformly to every key it may see.
         self.register_buffer("head_uniform", torch.zeros(self.num_heads, dtype=torch.bool), persistent=False)
 
+    def any_uniform_heads(self) -> bool:
+        """Whether some head is flagged (decode steps skip the masking ops when none is; under
+        torch.compile the ops always run, so there is no data-dependent branch to break on)."""
+        return torch.compiler.is_compiling() or bool(self.head_uniform.any())
+
     def uniform_queries(self, q: torch.Tensor) -> torch.Tensor:
         """q [B, T, H, D] -> q with the rows of `head_uniform` heads zeroed (logits 0: uniform attention)."""
+        if not self.any_uniform_heads():
+            return q
         # A product with a fresh tensor, so autograd never saves the buffer itself (intra layers
         # rewrite their parts' buffers in place).
         return q * (~self.head_uniform).to(q.dtype)[:, None]

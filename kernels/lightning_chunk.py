@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .lightning_ops import PREFILL
+from .lightning_ops import DECODE, PREFILL
 from .registry import register_solution
 from .tensors import compute_dtype
 
@@ -214,4 +214,27 @@ register_solution(
     target_hardware=["cpu", "cuda"],
     backward=True,
     description=f"chunked matmul form (C={DEFAULT_CHUNK}), hand-written chunked backward",
+)
+
+
+def lightning_decode_step(q, k, v, slope, state=None):
+    """One token per sequence in a few fused ops (the reference loops and stacks for one step):
+    S' = exp(-s) S + k^T v, o = q S'. q, k [N, H, K], v [N, H, V], state [N, H, K, V]."""
+    dtype = compute_dtype(q, k, v, state)
+    kv = k.to(dtype)[..., :, None] * v.to(dtype)[..., None, :]  # [N, H, K, V]
+    if state is not None:
+        decay = torch.exp(-slope.to(dtype))[None, :, None, None]  # [1, H, 1, 1]
+        kv = torch.addcmul(kv, state.to(dtype), decay)
+    o = torch.matmul(q.to(dtype)[..., None, :], kv)[..., 0, :]  # [N, H, V]
+    return o.to(v.dtype), kv
+
+
+register_solution(
+    DECODE,
+    "torch_chunk",
+    lightning_decode_step,
+    language="pytorch",
+    target_hardware=["cpu", "cuda"],
+    backward=True,
+    description="one fused state update (addcmul) and one batched matvec",
 )

@@ -31,13 +31,19 @@ def register(sub) -> None:
     from .bench import FAMILIES
 
     bench = command_group(sub, "bench", "benchmarks")
-    p = bench.add_parser("serve", help="the serving engine against HF generate(): tok/s, TTFT, Poisson stream")
-    p.add_argument("--out", type=Path, default=Path("runs/bench-serve"), help="run directory (JSON + markdown)")
+    p = bench.add_parser(
+        "serve", help="the serving engine against HF generate(): tok/s, TTFT, Poisson stream"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/bench-serve"), help="run directory (JSON + markdown)"
+    )
     p.add_argument("--families", type=_list("families", list(FAMILIES)), default=list(FAMILIES))
     p.add_argument("--batches", type=_list("batch sizes", cast=int), default=[1, 8, 32])
     p.add_argument("--prompt-len", type=positive_int, default=512)
     p.add_argument("--new-tokens", type=positive_int, default=128)
-    p.add_argument("--cache-memory", default="2GiB", help="engine cache budget (bytes, '2GiB', or a fraction)")
+    p.add_argument(
+        "--cache-memory", default="2GiB", help="engine cache budget (bytes, '2GiB', or a fraction)"
+    )
     p.add_argument("--poisson-rate", type=float, default=2.0, help="arrival rate of the stream, requests/s")
     p.add_argument("--poisson-requests", type=positive_int, default=24)
     p.add_argument(
@@ -45,18 +51,23 @@ def register(sub) -> None:
         help="contexts for the per-token decode cost (full attention stops at 4096)",
     )  # fmt: skip
     p.add_argument("--no-hf", action="store_true", help="skip the generate() peers")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: every core)")
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: every core)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_bench_serve)
 
 
 def cmd_bench_serve(args) -> int:
+    from ..kernels.harness import keep_freed_memory
     from .bench import BenchOptions, run
 
     if args.poisson_rate <= 0:
         print(f"attnlab bench serve: error: --poisson-rate {args.poisson_rate}: must be > 0", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads or torch.get_num_threads())
+    # Both peers run in this process: big temporaries are reused instead of page-faulted anew.
+    keep_freed_memory()
     opts = BenchOptions(
         out=args.out,
         families=args.families,

@@ -34,17 +34,22 @@ class ModelRunner:
             lens.append(n)
         q_lens = torch.tensor(lens, dtype=torch.int64)
         starts_t = torch.tensor(starts, dtype=torch.int64)
-        seq_of_token = torch.repeat_interleave(torch.arange(len(lens)), q_lens)  # [T]
-        first_token = torch.cumsum(q_lens, 0) - q_lens
-        positions = starts_t[seq_of_token] + torch.arange(int(q_lens.sum())) - first_token[seq_of_token]
+        if len(ids) == len(lens):  # decodes only: one token per sequence
+            seq_of_token, positions = torch.arange(len(lens)), starts_t
+        else:
+            seq_of_token = torch.repeat_interleave(torch.arange(len(lens)), q_lens)  # [T]
+            first_token = torch.cumsum(q_lens, 0) - q_lens
+            positions = starts_t[seq_of_token] + torch.arange(len(ids)) - first_token[seq_of_token]
         num_decode = sum(1 for n in lens if n == 1)
-        tables, mapping = {}, {}
+        tables, mapping, write_at = {}, {}, {}
         for group in self.cache.pools:
             rows = [self.cache.holdings[req.request_id].tables[group] for req, _ in scheduled]
             width = max(len(r) for r in rows)
             table = torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.int64)
-            page = table[seq_of_token, positions // bs]  # [T]
-            mapping[group] = (page * bs + positions % bs).to(dev)
+            page = table[seq_of_token, positions // bs].to(dev)  # [T]
+            offset = (positions % bs).to(dev)
+            mapping[group] = page * bs + offset
+            write_at[group] = (page, offset)
             tables[group] = table.to(torch.int32).to(dev)
         slot_ids = None
         if self.cache.slot_bytes:
@@ -58,6 +63,7 @@ class ModelRunner:
             cu_prefill=cu.to(dev),
             tables=tables,
             slot_mapping=mapping,
+            write_at=write_at,
             slot_ids=slot_ids,
             num_tokens=len(ids),
         )
