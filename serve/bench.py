@@ -170,14 +170,65 @@ def decode_cost(model, opts: BenchOptions, context: int, steps: int = 32) -> flo
     return statistics.median(times)
 
 
+def machine_rates(opts: BenchOptions, batch_rows: int) -> dict:
+    """This machine's measured limits: copy bandwidth (bytes read + written / s), and fp32 matmul
+    rates at the prefill shape and at the decode shape (FLOP/s), medians of a few repeats."""
+
+    def best(fn, reps=5) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    src = torch.empty(64 << 20, dtype=torch.float32).normal_()
+    dst = torch.empty_like(src)
+    bandwidth = 2 * src.numel() * 4 / best(lambda: dst.copy_(src))
+    d, ff = opts.hidden, 4 * opts.hidden
+    big = torch.randn(min(2048, opts.prompt_len * 8), d), torch.randn(d, ff)
+    rates = {"memory_bandwidth_bytes_per_s": bandwidth,
+             "matmul_prefill_flops_per_s": 2 * big[0].shape[0] * d * ff / best(lambda: big[0] @ big[1])}  # fmt: skip
+    for rows in sorted(set(batch_rows)):
+        x = torch.randn(rows, d)
+        rates[f"matmul_decode_b{rows}_flops_per_s"] = 2 * rows * d * ff / best(lambda x=x: x @ big[1], 50)
+    return rates
+
+
+def roofline_seconds(model, batch: int, opts: BenchOptions, rates: dict) -> float:
+    """The least time any engine could take for the batch on this machine: prefill FLOPs at the
+    prefill matmul rate, then each decode step at whichever bound is slower, reading every weight
+    and each sequence's cache once, or its FLOPs at the decode-shape matmul rate. FLOPs: 2 per weight
+    and token, plus q.k and p.v of the full-attention layers (linear, window and latent layers add
+    little at these lengths and are left out, which only lowers the floor)."""
+    weights = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    elem = 4
+    attn = sum(
+        2 * m.num_heads * m.head_dim for m in model.mixers() if m.cache_spec().kind == "kv"
+    )  # FLOPs per (query, key) pair over the softmax layers: q.k and p.v
+    p, new = opts.prompt_len, opts.new_tokens
+    prefill = batch * (2 * weights * p + attn * p * (p + 1) / 2) / rates["matmul_prefill_flops_per_s"]
+    decode = 0.0
+    rate = rates[f"matmul_decode_b{batch}_flops_per_s"]
+    for step in range(new - 1):
+        ctx = p + step + 1
+        read = weights * elem + batch * model.state_bytes(ctx)
+        flops = batch * (2 * weights + attn * ctx)
+        decode += max(read / rates["memory_bandwidth_bytes_per_s"], flops / rate)
+    return prefill + decode
+
+
 def run(opts: BenchOptions, progress=print) -> dict:
     gen = torch.Generator().manual_seed(opts.seed)
     results = {
         "environment": environment(),
         "options": {k: str(v) for k, v in vars(opts).items()},
         "decode_contexts": list(opts.decode_contexts),
+        "machine": machine_rates(opts, opts.batches),
         "rows": [],
     }
+    progress("  machine: " + ", ".join(f"{k} {v:.3g}" for k, v in results["machine"].items()))
     for family in opts.families:
         model = bench_model(family, opts)
         llama = to_llama(model) if opts.hf and family == "full" else None
@@ -186,6 +237,9 @@ def run(opts: BenchOptions, progress=print) -> dict:
             engine = engine_for(model, opts)
             run_batch(engine, [p[:32] for p in prompts[:2]], 4)  # warm-up
             row = {"family": family, "batch": batch, "engine": run_batch(engine, prompts, opts.new_tokens)}
+            row["roofline_tokens_per_s"] = (
+                batch * opts.new_tokens / roofline_seconds(model, batch, opts, results["machine"])
+            )
             if opts.hf:
                 row["attnlab_generate"] = run_generate(model, prompts, opts.new_tokens)
                 if llama is not None:
@@ -247,11 +301,17 @@ def markdown(results: dict) -> str:
         "# attnlab bench serve",
         "",
         f"torch {env['torch']}, {env['threads']} threads, {env['time']}. Output tokens/s over the whole batch "
-        "(prefill included), greedy; ratios are engine / peer, measured back to back in this run.",
+        "(prefill included), greedy; ratios are engine / peer, measured back to back in this run. Roofline: "
+        "the most tokens/s any engine could reach here (prefill FLOPs at the measured prefill matmul rate, each "
+        "decode step at the slower of weights + cache bytes / measured bandwidth and its FLOPs / the measured "
+        "matmul rate at that batch).",
+        "",
+        "Machine: " + ", ".join(f"{k} {v:.3g}" for k, v in results["machine"].items()) + ".",
         "",
         "| family | batch | engine tok/s | engine TTFT ms | engine TBT p50/p99 ms | attnlab generate() tok/s | "
-        "HF Llama generate() tok/s | engine / HF Llama | engine / generate() | tokens equal |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "HF Llama generate() tok/s | engine / HF Llama | engine / generate() | roofline tok/s | engine / roofline "
+        "| HF Llama / roofline | tokens equal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         e, g, h = row["engine"], row.get("attnlab_generate"), row.get("hf_llama_generate")
@@ -265,6 +325,9 @@ def markdown(results: dict) -> str:
             f"{_ms(e['tbt_p50_s'])} / {_ms(e['tbt_p99_s'])}",
             *("-" if p is None else f"{p:.1f}" for p in peer_tps),
             *("-" if p is None else f"{tps / p:.2f}x" for p in reversed(peer_tps)),
+            f"{row['roofline_tokens_per_s']:.0f}",
+            f"{tps / row['roofline_tokens_per_s']:.2f}",
+            "-" if peer_tps[1] is None else f"{peer_tps[1] / row['roofline_tokens_per_s']:.2f}",
             ", ".join(f"{k}: {v}" for k, v in row["tokens_equal"].items()) or "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
