@@ -214,6 +214,8 @@ def test_prompt_longer_than_the_context_is_a_clear_error():
         engine.add_request([1, 99], SamplingParams(max_tokens=2))
     with pytest.raises(ValueError, match="prompt is empty"):
         engine.add_request([], SamplingParams(max_tokens=2))
+    with pytest.raises(ValueError, match=r"stop_token_ids \[64\] are outside the vocabulary"):
+        engine.add_request([1, 2], SamplingParams(max_tokens=2, stop_token_ids=[64]))
 
 
 def test_budget_too_small_for_one_sequence_is_a_clear_error():
