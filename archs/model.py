@@ -21,6 +21,7 @@ from .ffn import build_ffn
 from .mixer import Mixer
 from .norms import RMSNorm
 from .registry import build_mixer
+from .rope import shared_rope_tables
 
 # transformers >= 5.24 names the cache field/kwarg `cache`; earlier 5.x releases `past_key_values`.
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -89,9 +90,10 @@ class AttnLabModel(AttnLabPreTrainedModel):
     def forward(self, input_ids=None, inputs_embeds=None, cache=None, position_ids=None):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
         aux = x.new_zeros((), dtype=torch.float32)
-        for i, layer in enumerate(self.layers):
-            x, layer_aux = layer(x, state=None if cache is None else cache[i], positions=position_ids)
-            aux = aux + layer_aux
+        with shared_rope_tables():
+            for i, layer in enumerate(self.layers):
+                x, layer_aux = layer(x, state=None if cache is None else cache[i], positions=position_ids)
+                aux = aux + layer_aux
         return self.norm(x), aux
 
 

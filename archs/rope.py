@@ -5,13 +5,44 @@ Partial rotary: only the first `rotary_dim` channels of each head rotate; the re
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+
 import torch
+
+_shared = threading.local()  # .tables: {key: (cos, sin)} while a model forward runs, else None
+
+
+@contextmanager
+def shared_rope_tables():
+    """Within one model forward, layers with the same positions tensor, rotary dim, base and dtype
+    share one cos/sin table instead of each recomputing it (8 ops per layer per decode step). Keys
+    hold `id(positions)`, which is unique while the forward keeps the tensor alive; the tables are
+    dropped when the outermost forward ends, and each thread has its own."""
+    outer = getattr(_shared, "tables", None)
+    if outer is None:
+        _shared.tables = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _shared.tables = None
 
 
 def rope_cos_sin(
     positions: torch.Tensor, rotary_dim: int, theta: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """positions [B, T] -> cos, sin [B, T, rotary_dim], computed in fp32."""
+    tables = getattr(_shared, "tables", None)
+    if tables is None:
+        return _rope_cos_sin(positions, rotary_dim, theta, dtype)
+    key = (id(positions), rotary_dim, theta, dtype)
+    if key not in tables:
+        tables[key] = (positions, _rope_cos_sin(positions, rotary_dim, theta, dtype))
+    return tables[key][1]
+
+
+def _rope_cos_sin(positions, rotary_dim, theta, dtype):
     inv_freq = 1.0 / (
         theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=positions.device) / rotary_dim)
     )

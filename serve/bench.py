@@ -15,6 +15,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -48,6 +49,7 @@ class BenchOptions:
     poisson_requests: int = 24
     decode_contexts: tuple[int, ...] = (512, 4096, 32768)
     hf: bool = True
+    repeats: int = 3  # rounds in which the engine and its peers take turns; medians are reported
     seed: int = 0
 
 
@@ -110,6 +112,14 @@ def run_generate(model, prompts: list[list[int]], new: int) -> dict:
         "ttft_mean_s": ttft,
         "tokens": out[:, ids.shape[1] :].tolist(),
     }
+
+
+def median_run(outs: list[dict]) -> dict:
+    """The run with the median throughput, plus every repeat's throughput."""
+    ordered = sorted(outs, key=lambda o: o["output_tokens_per_s"])
+    mid = {k: v for k, v in ordered[len(ordered) // 2].items() if k != "tokens"}
+    mid["repeats_tokens_per_s"] = [o["output_tokens_per_s"] for o in outs]
+    return mid
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -236,22 +246,28 @@ def run(opts: BenchOptions, progress=print) -> dict:
             prompts = torch.randint(1, 256, (batch, opts.prompt_len), generator=gen).tolist()
             engine = engine_for(model, opts)
             run_batch(engine, [p[:32] for p in prompts[:2]], 4)  # warm-up
-            row = {"family": family, "batch": batch, "engine": run_batch(engine, prompts, opts.new_tokens)}
+            runners = {"engine": partial(run_batch, engine, prompts, opts.new_tokens)}
+            if opts.hf:
+                runners["attnlab_generate"] = partial(run_generate, model, prompts, opts.new_tokens)
+                if llama is not None:
+                    runners["hf_llama_generate"] = partial(run_generate, llama, prompts, opts.new_tokens)
+            # Peers take turns, `repeats` rounds: a noisy neighbour hits every peer alike, and the
+            # median of each is reported with its range.
+            runs = {name: [] for name in runners}
+            for _ in range(opts.repeats):
+                for name, fn in runners.items():
+                    runs[name].append(fn())
+            row = {"family": family, "batch": batch}
+            for name, outs in runs.items():
+                row[name] = median_run(outs)
             row["roofline_tokens_per_s"] = (
                 batch * opts.new_tokens / roofline_seconds(model, batch, opts, results["machine"])
             )
-            if opts.hf:
-                row["attnlab_generate"] = run_generate(model, prompts, opts.new_tokens)
-                if llama is not None:
-                    row["hf_llama_generate"] = run_generate(llama, prompts, opts.new_tokens)
             row["tokens_equal"] = {
-                peer: row[peer]["tokens"] == row["engine"]["tokens"]
-                for peer in ("attnlab_generate", "hf_llama_generate")
-                if peer in row
+                peer: runs[peer][0]["tokens"] == runs["engine"][0]["tokens"]
+                for peer in runs
+                if peer != "engine"
             }
-            for part in ("engine", "attnlab_generate", "hf_llama_generate"):
-                if part in row:
-                    row[part].pop("tokens")
             results["rows"].append(row)
             progress(row_line(row))
         stream = poisson_stream(engine_for(model, opts), opts, gen)
@@ -301,7 +317,8 @@ def markdown(results: dict) -> str:
         "# attnlab bench serve",
         "",
         f"torch {env['torch']}, {env['threads']} threads, {env['time']}. Output tokens/s over the whole batch "
-        "(prefill included), greedy; ratios are engine / peer, measured back to back in this run. Roofline: "
+        "(prefill included), greedy; medians of the rounds in which the engine and its peers take turns (engine range "
+        "in brackets); ratios are engine / peer. Roofline: "
         "the most tokens/s any engine could reach here (prefill FLOPs at the measured prefill matmul rate, each "
         "decode step at the slower of weights + cache bytes / measured bandwidth and its FLOPs / the measured "
         "matmul rate at that batch).",
@@ -320,7 +337,7 @@ def markdown(results: dict) -> str:
         cells = [
             row["family"],
             str(row["batch"]),
-            f"{tps:.1f}",
+            f"{tps:.1f} ({min(e['repeats_tokens_per_s']):.0f}-{max(e['repeats_tokens_per_s']):.0f})",
             _ms(e["ttft_mean_s"]),
             f"{_ms(e['tbt_p50_s'])} / {_ms(e['tbt_p99_s'])}",
             *("-" if p is None else f"{p:.1f}" for p in peer_tps),

@@ -51,6 +51,7 @@ def register(sub) -> None:
         help="contexts for the per-token decode cost (full attention stops at 4096)",
     )  # fmt: skip
     p.add_argument("--no-hf", action="store_true", help="skip the generate() peers")
+    p.add_argument("--repeats", type=positive_int, default=3, help="rounds of engine and peers taking turns")
     p.add_argument(
         "--threads", type=positive_int, default=None, help="torch CPU threads (default: every core)"
     )
@@ -79,6 +80,7 @@ def cmd_bench_serve(args) -> int:
         poisson_requests=args.poisson_requests,
         decode_contexts=tuple(args.decode_contexts),
         hf=not args.no_hf,
+        repeats=args.repeats,
         seed=args.seed,
     )
     print(f"attnlab bench serve: {', '.join(opts.families)} at batch {opts.batches}, "

@@ -17,7 +17,7 @@ from attnlab.serve.llama import to_llama
 def tiny_options(tmp_path, **kw) -> BenchOptions:
     return BenchOptions(out=tmp_path / "bench", families=["full", "lightning"], batches=[1, 3], prompt_len=12,
                         new_tokens=4, hidden=32, layers=2, heads=2, cache_memory="64MiB", poisson_rate=200.0,
-                        poisson_requests=3, decode_contexts=(16, 48), **kw)  # fmt: skip
+                        poisson_requests=3, decode_contexts=(16, 48), repeats=2, **kw)  # fmt: skip
 
 
 def test_tiny_run_writes_json_and_markdown_with_equal_tokens(tmp_path):
@@ -33,6 +33,8 @@ def test_tiny_run_writes_json_and_markdown_with_equal_tokens(tmp_path):
     ]
     for row in saved["rows"]:
         assert row["engine"]["output_tokens_per_s"] > 0 and row["engine"]["ttft_mean_s"] > 0
+        assert len(row["engine"]["repeats_tokens_per_s"]) == 2
+        assert row["engine"]["output_tokens_per_s"] in row["engine"]["repeats_tokens_per_s"]
         assert all(row["tokens_equal"].values()), row["tokens_equal"]
         assert ("hf_llama_generate" in row) == (row["family"] == "full")
     assert saved["poisson"]["full"]["requests"] == 3
