@@ -259,3 +259,20 @@ def test_sampling_params_errors_name_the_field():
             SamplingParams(**kwargs)
     with pytest.raises(ValueError, match="cache_memory"):
         LLMEngine(build("full"), None, EngineConfig(cache_memory="lots"))
+
+
+@pytest.mark.parametrize("name", ["full", "swa-sinks", "mla", "lightning", "intra-lightning-full"])
+def test_bf16_models_serve_with_pages_in_bf16_and_fp32_slots(name):
+    model = build(name).to(torch.bfloat16)
+    llm = LLM(model, cache_memory="16MiB", max_model_len=64)
+    outs = llm.generate(prompts((5, 17)), SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
+    assert [len(o.token_ids) for o in outs] == [4, 4]
+    cache = llm.engine.cache
+    assert all(t.dtype == torch.float32 for t in cache.recurrent_storage())
+
+    def tensors(x):
+        return [x] if isinstance(x, torch.Tensor) else [t for y in x for t in tensors(y)]
+
+    pages = [t for t in tensors(cache.storage) if t.dim() != 4 or t.dtype != torch.float32]
+    assert all(t.dtype == torch.bfloat16 for t in pages) and (bool(pages) or name == "lightning")
+    assert cache.all_free()
