@@ -1,5 +1,6 @@
 """AttnLabCache: one HF `Cache` holding each layer's own kind of state (kv, window, recurrent,
-latent, composite). `generate()` carries it between steps; mixers only see their `LayerState`.
+latent, composite). `generate()` carries it between steps; mixers only see their layer's state
+(the protocol in archs/state.py).
 """
 
 from __future__ import annotations

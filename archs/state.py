@@ -290,5 +290,3 @@ class CompositeState(DenseState):
             p.crop(length)
         self.seq_len = min(self.seq_len, length)
 
-
-LayerState = DenseState  # the name older code imports

@@ -1,7 +1,7 @@
 """LLMEngine: requests in, tokens out, one `step()` at a time (scheduler -> runner -> sampler).
 
     engine = LLMEngine(model, tokenizer, EngineConfig(cache_memory="512MiB"))
-    engine.add_request("r1", "Hello", SamplingParams(max_tokens=8))
+    engine.add_request("Hello", SamplingParams(max_tokens=8), request_id="r1")
     while engine.has_unfinished():
         for out in engine.step(): ...
 
@@ -44,7 +44,6 @@ class LLMEngine:
             eos = tokenizer.eos_token_id
         self.eos_token_id = eos[0] if isinstance(eos, list) else eos
         self._ids = itertools.count()
-        self.stats = {"prompt_tokens": 0, "generation_tokens": 0}
 
     # --- requests ------------------------------------------------------------------------------
     def add_request(
@@ -138,10 +137,8 @@ class LLMEngine:
         for row, (req, token) in enumerate(zip(reqs, tokens, strict=True)):
             if not req.output_token_ids:
                 req.metrics.first_token_time = t1
-                self.stats["prompt_tokens"] += len(req.prompt_token_ids)
             req.output_token_ids.append(token)
             req.metrics.token_times.append(t1)
-            self.stats["generation_tokens"] += 1
             if req.params.logprobs is not None:
                 top = logprobs[row].topk(req.params.logprobs) if req.params.logprobs else None
                 entry = {token: float(logprobs[row, token])}
