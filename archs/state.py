@@ -289,4 +289,3 @@ class CompositeState(DenseState):
         for p in self.parts:
             p.crop(length)
         self.seq_len = min(self.seq_len, length)
-
