@@ -228,20 +228,6 @@ class CacheManager:
         )
         return blocks + (self.slot_bytes if holding.slot is not None else 0)
 
-    def usage(self) -> dict:
-        """Blocks and slots used and free, per group."""
-        out = {g: {"used": p.capacity - p.num_free, "free": p.num_free} for g, p in self.pools.items()}
-        if self.slot_bytes:
-            out[SLOTS] = {"used": self.slots.capacity - self.slots.num_free, "free": self.slots.num_free}
-        return out
-
-    def used_fraction(self) -> float:
-        held = sum(
-            (p.capacity - p.num_free) * self.block_size * self.token_bytes[g] for g, p in self.pools.items()
-        )
-        held += (self.slots.capacity - self.slots.num_free) * self.slot_bytes
-        return held / max(1, self.allocated_bytes())
-
     def all_free(self) -> bool:
         pools = [*self.pools.values(), self.slots]
         return not self.holdings and all(p.num_free == p.capacity for p in pools)

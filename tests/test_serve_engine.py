@@ -193,6 +193,18 @@ def test_request_bytes_equal_state_bytes(name):
             assert held == model.state_bytes(-(-t // bs) * bs)
 
 
+@pytest.mark.parametrize("name", ["full", "swa-sinks", "mla", "hybrid-7to1", "intra-swa-full"])
+def test_storage_stays_inside_the_budget_and_paged_blocks_take_the_rest(name):
+    budget = 3 << 20
+    engine = LLMEngine(build(name), None, EngineConfig(cache_memory=budget, max_model_len=128))
+    held = engine.cache.allocated_bytes()
+    assert held <= budget
+    if "paged" in engine.cache.pools:  # growing caches get every byte the bounded ones leave
+        assert held >= 0.95 * budget
+    else:  # window blocks and slots only: enough for max_num_seqs sequences, no more
+        assert engine.cache.max_seqs == engine.config.max_num_seqs
+
+
 def test_abort_frees_blocks_and_slots():
     model = build("hybrid-3to1")
     engine = LLMEngine(model, None, EngineConfig(cache_memory="16MiB", max_num_batched_tokens=8))
