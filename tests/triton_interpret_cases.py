@@ -122,3 +122,33 @@ def test_paged_decode(kv_heads, sinks):
     args = (q, k_cache, v_cache, table, torch.tensor(lens, dtype=torch.int32))
     o = paged_attn_decode(*args, sinks=s, backend="triton")
     assert_all_close([o], [paged_attn_decode(*args, sinks=s, backend="torch")])
+
+
+@pytest.mark.parametrize("window", [1, 6])
+def test_paged_decode_window_skips_freed_pages(window):
+    """Pages wholly behind the window are -1 in the table (freed by the serving engine) and hold NaN
+    in the cache: the kernel must neither read them nor let them reach the output."""
+    page, lens = 4, [5, 1, 16, 9]
+    gen = torch.Generator().manual_seed(31)
+    table = torch.randperm(16, generator=gen).view(4, 4).to(torch.int32)
+    k_cache, v_cache = rand(16, page, 2, 16, seed=32), rand(16, page, 2, 16, seed=33)
+    for n, length in enumerate(lens):
+        for p in range(max(0, length - window) // page):  # wholly before the first visible key
+            k_cache[table[n, p]] = float("nan")
+            v_cache[table[n, p]] = float("nan")
+            table[n, p] = -1
+    args = (rand(4, 4, 16, seed=34), k_cache, v_cache, table, torch.tensor(lens, dtype=torch.int32))
+    o = paged_attn_decode(*args, window=window, backend="triton")
+    assert not o.isnan().any()
+    assert_all_close([o], [paged_attn_decode(*args, window=window, backend="torch")])
+
+
+def test_paged_decode_mla_views_of_one_latent_buffer():
+    """MLA's absorbed decode: one shared key head [c_kv | k_pe] whose value is its first R channels,
+    both strided views of one page buffer [P, page, R + Dr]."""
+    latent = rand(12, 4, 24, seed=41)  # R 16 + Dr 8
+    table = torch.randperm(12, generator=torch.Generator().manual_seed(42)).view(3, 4).to(torch.int32)
+    args = (rand(3, 4, 24, seed=43), latent[:, :, None, :], latent[:, :, None, :16], table,
+            torch.tensor([7, 16, 2], dtype=torch.int32))  # fmt: skip
+    o = paged_attn_decode(*args, scale=0.3, backend="triton")
+    assert_all_close([o], [paged_attn_decode(*args, scale=0.3, backend="torch")])
