@@ -288,3 +288,20 @@ def test_bf16_models_serve_with_pages_in_bf16_and_fp32_slots(name):
     pages = [t for t in tensors(cache.storage) if t.dim() != 4 or t.dtype != torch.float32]
     assert all(t.dtype == torch.bfloat16 for t in pages) and (bool(pages) or name == "lightning")
     assert cache.all_free()
+
+
+def test_state_dtype_sets_the_slot_storage_and_its_accounting():
+    model = build("hybrid-3to1")
+    engines = {
+        d: LLMEngine(model, None, EngineConfig(cache_memory="16MiB", max_model_len=64, state_dtype=d))
+        for d in ("fp32", "bf16")
+    }
+    assert engines["bf16"].cache.slot_bytes * 2 == engines["fp32"].cache.slot_bytes
+    assert all(t.dtype == torch.bfloat16 for t in engines["bf16"].cache.recurrent_storage())
+    for engine in engines.values():
+        engine.add_request(prompts((9,))[0], SamplingParams(max_tokens=4, ignore_eos=True))
+        while engine.has_unfinished():
+            engine.step()
+        assert engine.cache.all_free()
+    with pytest.raises(ValueError, match="state_dtype = 'int4'; allowed: fp32, bf16, fp16"):
+        EngineConfig(state_dtype="int4")
