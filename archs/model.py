@@ -90,6 +90,13 @@ class AttnLabModel(AttnLabPreTrainedModel):
     def forward(self, input_ids=None, inputs_embeds=None, cache=None, position_ids=None):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
         aux = x.new_zeros((), dtype=torch.float32)
+        if position_ids is None:  # one positions tensor for every layer, so they share RoPE tables
+            b, t = x.shape[:2]
+            position_ids = (
+                torch.arange(t, device=x.device).expand(b, t)
+                if cache is None
+                else cache[0].positions(b, t, x.device)
+            )
         with shared_rope_tables():
             for i, layer in enumerate(self.layers):
                 x, layer_aux = layer(x, state=None if cache is None else cache[i], positions=position_ids)
