@@ -125,6 +125,12 @@ class CacheManager:
         self.slots = BlockPool(self.max_seqs if self.slot_bytes else 0)
         self.holdings: dict[str, Holding] = {}
         self.storage = [self._allocate(spec) for spec in specs]  # per layer, mirrors the spec tree
+        self._recurrent = [
+            tensor
+            for spec, store in zip(specs, self.storage, strict=True)
+            for leaf, tensor in zip(flat_specs(spec), _flat_storage(spec, store), strict=True)
+            if isinstance(leaf, RecurrentSpec)
+        ]
 
     # --- storage ---------------------------------------------------------------------------------
     def _allocate(self, spec):
@@ -153,8 +159,8 @@ class CacheManager:
         return sum(size(s) for s in self.storage)
 
     # --- per request -----------------------------------------------------------------------------
-    def _new_blocks(self, holding: Holding | None, start: int, end: int) -> dict[str, int]:
-        """Blocks each group must add so tokens [0, end) are covered (window: [start-W+1, end))."""
+    def _new_blocks(self, holding: Holding | None, end: int) -> dict[str, int]:
+        """Blocks each group must add so its table (freed window entries included) covers [0, end)."""
         need = {}
         for g in self.pools:
             have = 0 if holding is None else len(holding.tables[g])
@@ -164,30 +170,25 @@ class CacheManager:
     def can_admit(self, n: int) -> bool:
         if self.slot_bytes and self.slots.num_free == 0:
             return False
-        return all(self.pools[g].num_free >= k for g, k in self._new_blocks(None, 0, n).items())
+        return all(self.pools[g].num_free >= k for g, k in self._new_blocks(None, n).items())
 
     def admit(self, request_id: str) -> None:
         assert request_id not in self.holdings
         holding = Holding(tables={g: [] for g in self.pools})
         if self.slot_bytes:
             holding.slot = self.slots.take(1)[0]
-            for layer in self.recurrent_storage():
+            for layer in self._recurrent:
                 layer[holding.slot].zero_()  # a new sequence starts from the zero state
         self.holdings[request_id] = holding
 
     def recurrent_storage(self) -> list[torch.Tensor]:
-        out = []
-        for spec, store in zip(self.layer_specs, self.storage, strict=True):
-            for leaf, tensor in zip(flat_specs(spec), _flat_storage(spec, store), strict=True):
-                if isinstance(leaf, RecurrentSpec):
-                    out.append(tensor)
-        return out
+        """The slot tensors [S, H, K, V] of every recurrent layer (or part)."""
+        return list(self._recurrent)
 
     def trim(self, request_id: str, start: int) -> None:
-        """Free the window blocks that no query from token `start` on can see."""
-        self._release_behind_window(self.holdings[request_id], start)
-
-    def _release_behind_window(self, holding: Holding, start: int) -> None:
+        """Free the window blocks that no query from token `start` on can see. The engine calls it
+        after every step, so the next step's chunk (which starts there) finds them freed."""
+        holding = self.holdings[request_id]
         for g, w in self.windows.items():
             table = holding.tables[g]
             dead = max(0, start - w + 1) // self.block_size  # blocks wholly before the window
@@ -198,16 +199,12 @@ class CacheManager:
 
     def can_extend(self, request_id: str, start: int, n: int) -> bool:
         holding = self.holdings[request_id]
-        self._release_behind_window(holding, start)
-        return all(
-            self.pools[g].num_free >= k for g, k in self._new_blocks(holding, start, start + n).items()
-        )
+        return all(self.pools[g].num_free >= k for g, k in self._new_blocks(holding, start + n).items())
 
     def extend(self, request_id: str, start: int, n: int) -> None:
         """Cover tokens up to start + n (call can_extend first)."""
         holding = self.holdings[request_id]
-        self._release_behind_window(holding, start)
-        for g, k in self._new_blocks(holding, start, start + n).items():
+        for g, k in self._new_blocks(holding, start + n).items():
             holding.tables[g].extend(self.pools[g].take(k))
 
     def free(self, request_id: str) -> None:

@@ -26,7 +26,6 @@ class StepBatch:
     seq_lens: torch.Tensor  # [N] int32: keys held per sequence once this step's tokens are in
     cu_prefill: torch.Tensor  # [N - num_decode + 1] int32: query offsets of the prefill chunks
     tables: dict[str, torch.Tensor]  # group -> [N, max_blocks] int32 (-1: not held)
-    slot_mapping: dict[str, torch.Tensor]  # group -> [T] int64: flat page row of each new token
     write_at: dict[str, tuple[torch.Tensor, torch.Tensor]]  # group -> page [T], offset in page [T]
     slot_ids: torch.Tensor | None  # [N] int64: recurrent slot of each sequence
     num_tokens: int
@@ -94,9 +93,8 @@ class PagedLatent(EngineState):
 
     def attend_latent(self, q_nope, q_pe, c_kv, k_pe, *, mla):
         step = self.holder.batch
-        rows = step.slot_mapping["paged"]
-        entry = torch.cat([c_kv[0], k_pe[0]], dim=-1).to(self.pages.dtype)  # [T, R + Dr]
-        self.pages.view(-1, self.pages.shape[-1]).index_copy_(0, rows, entry)
+        pages, offsets = step.write_at["paged"]  # [T], [T]
+        self.pages[pages, offsets] = torch.cat([c_kv[0], k_pe[0]], dim=-1).to(self.pages.dtype)  # [T, R + Dr]
         q = torch.cat([mla.absorb(q_nope[0]), q_pe[0]], dim=-1)  # [T, H, R + Dr]
         keys = self.pages[:, :, None, :]  # [P, block, 1, R + Dr]
         values = self.pages[:, :, None, : self.latent_dim]  # [P, block, 1, R] (a view)

@@ -41,14 +41,13 @@ class ModelRunner:
             first_token = torch.cumsum(q_lens, 0) - q_lens
             positions = starts_t[seq_of_token] + torch.arange(len(ids)) - first_token[seq_of_token]
         num_decode = sum(1 for n in lens if n == 1)
-        tables, mapping, write_at = {}, {}, {}
+        tables, write_at = {}, {}
         for group in self.cache.pools:
             rows = [self.cache.holdings[req.request_id].tables[group] for req, _ in scheduled]
             width = max(len(r) for r in rows)
             table = torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.int64)
             page = table[seq_of_token, positions // bs].to(dev)  # [T]
             offset = (positions % bs).to(dev)
-            mapping[group] = page * bs + offset
             write_at[group] = (page, offset)
             tables[group] = table.to(torch.int32).to(dev)
         slot_ids = None
@@ -62,7 +61,6 @@ class ModelRunner:
             seq_lens=(starts_t + q_lens).to(torch.int32).to(dev),
             cu_prefill=cu.to(dev),
             tables=tables,
-            slot_mapping=mapping,
             write_at=write_at,
             slot_ids=slot_ids,
             num_tokens=len(ids),
