@@ -225,6 +225,11 @@ class CacheManager:
         )
         return blocks + (self.slot_bytes if holding.slot is not None else 0)
 
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """(used, free) per pool: block groups ('paged', 'window:W') and 'slots'."""
+        pools = {**self.pools, SLOTS: self.slots}
+        return {name: (p.capacity - p.num_free, p.num_free) for name, p in pools.items()}
+
     def all_free(self) -> bool:
         pools = [*self.pools.values(), self.slots]
         return not self.holdings and all(p.num_free == p.capacity for p in pools)

@@ -1,8 +1,10 @@
-"""`attnlab bench serve`: the serving benchmark on the command line (serve/bench.py)."""
+"""`attnlab serve` (the OpenAI-compatible server) and `attnlab bench serve` (serve/bench.py,
+serve/http_bench.py) on the command line."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +59,60 @@ def register(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_bench_serve)
+    register_serve(sub)
+
+
+def register_serve(sub) -> None:
+    from attnlab.cli import positive_int
+
+    from .config import STATE_DTYPES
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (completions, chat, metrics)")
+    p.add_argument("path", type=Path, metavar="PATH", help="attnlab run dir or model folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--api-key", default=os.environ.get("ATTNLAB_API_KEY"),
+        help="require 'Authorization: Bearer KEY' on /v1/* (default: $ATTNLAB_API_KEY)",
+    )  # fmt: skip
+    p.add_argument("--served-model-name", default=None, help="the model id clients send (default: PATH)")
+    p.add_argument("--cache-memory", default="1GiB", help="cache budget (bytes, '1GiB', a fraction, '10%%')")
+    p.add_argument("--max-num-seqs", type=positive_int, default=64)
+    p.add_argument("--max-num-batched-tokens", type=positive_int, default=2048)
+    p.add_argument("--max-model-len", type=positive_int, default=None)
+    p.add_argument("--block-size", type=positive_int, default=16)
+    p.add_argument("--state-dtype", choices=list(STATE_DTYPES), default="fp32")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=4 * 2**20)
+    p.add_argument(
+        "--drain-timeout", type=float, default=30.0,
+        help="seconds open requests may finish after Ctrl-C / SIGTERM before they are aborted",
+    )  # fmt: skip
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from .http_server import ServeOptions, serve
+
+    if not 0 < args.port < 65536:
+        print(f"attnlab serve: error: --port {args.port}: must be in 1..65535", file=sys.stderr)
+        return 2
+    options = ServeOptions(
+        path=args.path, host=args.host, port=args.port, api_key=args.api_key or None,
+        model_name=args.served_model_name, device=args.device, max_body_bytes=args.max_body_bytes,
+        drain_timeout=args.drain_timeout, log_level=args.log_level,
+    )  # fmt: skip
+    try:
+        serve(
+            options, cache_memory=args.cache_memory, max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+            block_size=args.block_size, state_dtype=args.state_dtype,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:
+        print(f"attnlab serve: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_bench_serve(args) -> int:

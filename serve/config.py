@@ -60,6 +60,7 @@ class EngineConfig:
             not isinstance(self.max_model_len, int) or self.max_model_len <= 0
         ):
             raise ValueError(f"max_model_len = {self.max_model_len!r}: must be a positive integer or None")
+        parse_memory(self.cache_memory, torch.device("cpu"))  # the format, before any model loads
         if self.state_dtype not in STATE_DTYPES:
             raise ValueError(f"state_dtype = {self.state_dtype!r}; allowed: {', '.join(STATE_DTYPES)}")
 
