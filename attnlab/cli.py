@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "attnlab.kernels.cli",
     "attnlab.probes.cli",
     "attnlab.serve.cli",
+    "attnlab.convert",
 ]
 
 

@@ -24,7 +24,7 @@ from ..archs.config import AttnLabConfig
 from ..archs.model import AttnLabForCausalLM
 from .config import EngineConfig
 from .engine import LLMEngine
-from .llama import to_llama
+from ..archs.llama import to_llama
 from .sampling import SamplingParams
 
 FAMILIES = {

@@ -11,7 +11,7 @@ import torch
 from attnlab import AttnLabConfig, AttnLabForCausalLM
 from attnlab.cli import main
 from attnlab.serve.bench import BenchOptions, run
-from attnlab.serve.llama import to_llama
+from attnlab.archs.llama import to_llama
 
 
 def tiny_options(tmp_path, **kw) -> BenchOptions:
