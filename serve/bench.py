@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from ..archs.config import AttnLabConfig
+from ..archs.llama import to_llama
 from ..archs.model import AttnLabForCausalLM
 from .config import EngineConfig
 from .engine import LLMEngine
-from ..archs.llama import to_llama
 from .sampling import SamplingParams
 
 FAMILIES = {

@@ -58,6 +58,21 @@ def register(sub) -> None:
         "--threads", type=positive_int, default=None, help="torch CPU threads (default: every core)"
     )
     p.add_argument("--seed", type=int, default=0)
+    http = p.add_argument_group(
+        "over HTTP", "with --url (any OpenAI-compatible server) or --offline (the in-process engine on "
+        "the same model): --batches are concurrent streaming clients; results accumulate per --label",
+    )  # fmt: skip
+    http.add_argument("--url", default=None, help="base URL of a running server, e.g. http://127.0.0.1:8000")
+    http.add_argument("--offline", type=Path, default=None, metavar="PATH",
+                      help="run the HTTP workloads through the offline engine on this model (baseline)")  # fmt: skip
+    http.add_argument("--label", default=None, help="name of this server in the table (default: attnlab)")
+    http.add_argument("--api-key", default=None)
+    http.add_argument("--model", default=None, help="model id to request (default: the server's first)")
+    http.add_argument("--rounds", type=positive_int, default=2, help="requests per client per workload")
+    http.add_argument("--vocab", type=positive_int, default=256, help="prompt ids are drawn from [1, vocab)")
+    http.add_argument("--write-model", type=Path, default=None, metavar="DIR",
+                      help="only write the benchmark's full-attention model (first of --families) to DIR, "
+                      "with its byte tokenizer, to serve it (and `attnlab convert` it for a peer)")  # fmt: skip
     p.set_defaults(func=cmd_bench_serve)
     register_serve(sub)
 
@@ -122,6 +137,20 @@ def cmd_bench_serve(args) -> int:
     if args.poisson_rate <= 0:
         print(f"attnlab bench serve: error: --poisson-rate {args.poisson_rate}: must be > 0", file=sys.stderr)
         return 2
+    if args.url or args.offline:
+        return cmd_bench_http(args)
+    if args.write_model:
+        from ..train.tokenizer import byte_tokenizer
+        from .bench import bench_model
+
+        model = bench_model(
+            args.families[0], BenchOptions(out=args.out, families=args.families, batches=args.batches)
+        )
+        model.config.max_position_embeddings = 4096
+        model.save_pretrained(args.write_model)
+        byte_tokenizer().save_pretrained(args.write_model)
+        print(f"attnlab bench serve: wrote the {args.families[0]} benchmark model to {args.write_model}")
+        return 0
     torch.set_num_threads(args.threads or torch.get_num_threads())
     # Both peers run in this process: big temporaries are reused instead of page-faulted anew.
     keep_freed_memory()
@@ -143,4 +172,43 @@ def cmd_bench_serve(args) -> int:
           f"{torch.get_num_threads()} threads -> {opts.out}", flush=True)  # fmt: skip
     run(opts)
     print((opts.out / "bench_serve.md").read_text())
+    return 0
+
+
+def cmd_bench_http(args) -> int:
+    import httpx
+
+    from .http_bench import HttpBenchOptions, run
+
+    if args.url and args.offline:
+        print("attnlab bench serve: error: give --url or --offline, not both", file=sys.stderr)
+        return 2
+    opts = HttpBenchOptions(
+        url=args.url or "", label=args.label or ("attnlab-offline" if args.offline else "attnlab"),
+        out=args.out, concurrency=args.batches, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+        rounds=args.rounds, poisson_rate=args.poisson_rate, poisson_requests=args.poisson_requests,
+        api_key=args.api_key, model=args.model, vocab=args.vocab, seed=args.seed,
+    )  # fmt: skip
+    engine = None
+    if args.offline:
+        from .config import EngineConfig
+        from .engine import LLMEngine
+        from .llm import load_for_serving
+
+        try:
+            model, tokenizer = load_for_serving(args.offline)
+            config = EngineConfig(cache_memory=args.cache_memory, max_num_seqs=max(64, *args.batches))
+            engine = LLMEngine(model, tokenizer, config)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"attnlab bench serve: error: {e}", file=sys.stderr)
+            return 2
+    print(f"attnlab bench serve: {opts.label} ({args.url or args.offline}) -> {opts.out}", flush=True)
+    try:
+        results = run(opts, engine=engine)
+    except (httpx.HTTPError, RuntimeError) as e:
+        print(f"attnlab bench serve: error: {args.url}: {e}", file=sys.stderr)
+        return 1
+    from .http_bench import markdown
+
+    print(markdown(results))
     return 0

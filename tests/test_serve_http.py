@@ -454,3 +454,29 @@ def test_serve_cli_rejects_bad_options_before_loading(tmp_path, capsys):
     from attnlab.cli import build_parser
 
     assert build_parser().parse_args(["serve", "x"]).host == "127.0.0.1"  # loopback unless told
+
+
+def test_http_bench_against_the_server_and_the_offline_engine(served, tmp_path):
+    """`bench serve --url` streams the workloads at a live server; `--offline` runs them through the
+    engine in-process; both land in one table with ratios."""
+    from attnlab.cli import main
+
+    out = tmp_path / "bench"
+    common = ["bench", "serve", "--out", str(out), "--batches", "1,3", "--prompt-len", "8", "--new-tokens", "5",
+              "--rounds", "2", "--poisson-requests", "3", "--poisson-rate", "40"]  # fmt: skip
+    assert main([*common, "--url", served.url, "--api-key", KEY, "--label", "server"]) == 0
+    assert main([*common, "--offline", str(served.folder), "--label", "offline"]) == 0
+    results = __import__("json").loads((out / "http_results.json").read_text())
+    for label in ("server", "offline"):
+        rows = results["servers"][label]["rows"]
+        assert [r["workload"] for r in rows] == ["1 clients", "3 clients", "Poisson 40/s"]
+        assert [r["requests"] for r in rows] == [2, 6, 3]
+        for r in rows:
+            assert r["failed"] == 0
+            assert r["output_tokens_per_s"] == pytest.approx(5 * r["requests"] / r["wall_s"])
+            assert 0 < r["ttft_p50_s"] <= r["ttft_p99_s"]
+    table = (out / "bench_http.md").read_text()
+    assert "| server | 3 clients |" in table and "| offline | 3 clients |" in table
+    assert "server / offline" in table
+    # A server that is not there: a clear error, not a traceback.
+    assert main([*common, "--url", f"http://127.0.0.1:{free_port()}", "--label", "gone"]) == 1
