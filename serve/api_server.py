@@ -300,9 +300,7 @@ class _Api:
                     c = choices[i]
                     first = len(outs[i].token_ids) if i in outs else 0
                     outs[i] = out
-                    text = c.deltas.delta(out)
-                    if not text and not out.finished and not out.logprobs:
-                        continue  # held back (partial character or stop string)
+                    text = c.deltas.delta(out)  # "" while held back; the chunk still marks the token
                     yield _sse(dict(head, choices=[build(c, out, text, first)]))
                 if include_usage:
                     yield _sse(dict(head, choices=[], usage=_usage(prompt_tokens, list(outs.values()))))

@@ -103,6 +103,9 @@ def register_serve(sub) -> None:
         "--drain-timeout", type=float, default=30.0,
         help="seconds open requests may finish after Ctrl-C / SIGTERM before they are aborted",
     )  # fmt: skip
+    p.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: every core but one)"
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
 
@@ -116,7 +119,7 @@ def cmd_serve(args) -> int:
     options = ServeOptions(
         path=args.path, host=args.host, port=args.port, api_key=args.api_key or None,
         model_name=args.served_model_name, device=args.device, max_body_bytes=args.max_body_bytes,
-        drain_timeout=args.drain_timeout, log_level=args.log_level,
+        drain_timeout=args.drain_timeout, log_level=args.log_level, threads=args.threads,
     )  # fmt: skip
     try:
         serve(

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from attnlab import AttnLabConfig, AttnLabForCausalLM
+from attnlab.archs.llama import to_llama
 from attnlab.cli import main
 from attnlab.serve.bench import BenchOptions, run
-from attnlab.archs.llama import to_llama
 
 
 def tiny_options(tmp_path, **kw) -> BenchOptions:

@@ -480,3 +480,13 @@ def test_http_bench_against_the_server_and_the_offline_engine(served, tmp_path):
     assert "server / offline" in table
     # A server that is not there: a clear error, not a traceback.
     assert main([*common, "--url", f"http://127.0.0.1:{free_port()}", "--label", "gone"]) == 1
+
+
+def test_chat_uses_the_tokenizers_template_when_it_has_one():
+    tok = byte_tokenizer()
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    assert render_chat(tok, [{"role": "user", "content": "hi"}]) == "<user>hi<assistant>"
+    assert render_chat(byte_tokenizer(), [{"role": "user", "content": "hi"}]) == "user: hi\nassistant:"
