@@ -18,6 +18,7 @@ import asyncio
 import json
 import platform
 import random
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,7 +251,10 @@ def run(opts: HttpBenchOptions, progress=print, engine=None) -> dict:
     opts.out.mkdir(parents=True, exist_ok=True)
     path = opts.out / "http_results.json"
     results = json.loads(path.read_text()) if path.exists() else {"servers": {}}
-    results["servers"][opts.label] = result
+    entry = results["servers"].setdefault(opts.label, {"runs": []})
+    entry.update(url=result["url"], model=result["model"])
+    entry["runs"].append(result["rows"])
+    entry["rows"] = median_rows(entry["runs"])
     results["workload"] = {
         "prompt_len": opts.prompt_len, "new_tokens": opts.new_tokens, "rounds": opts.rounds,
         "poisson_rate": opts.poisson_rate, "poisson_requests": opts.poisson_requests,
@@ -263,12 +267,35 @@ def run(opts: HttpBenchOptions, progress=print, engine=None) -> dict:
     return results
 
 
+def median_rows(runs: list[list[dict]]) -> list[dict]:
+    """Per workload, the median of every figure over the runs of one server (runs alternate with
+    the other servers' so that a slow spell of this shared machine does not pick the winner)."""
+    rows = []
+    for first in runs[0]:
+        same = [r for run in runs for r in run if r["workload"] == first["workload"]]
+        row = dict(first, runs=len(same))
+        for key, value in first.items():
+            if isinstance(value, float) or key == "failed":
+                values = [r[key] for r in same if r[key] is not None]
+                row[key] = statistics.median(values) if values else None
+        tps = [r["output_tokens_per_s"] for r in same]
+        row["output_tokens_per_s_range"] = [min(tps), max(tps)]
+        rows.append(row)
+    return rows
+
+
 def line(label: str, row: dict) -> str:
     return (
         f"{label:>10} {row['workload']:>12}: {row['requests_per_s']:.2f} req/s, "
         f"{row['output_tokens_per_s']:.0f} tok/s, TTFT p50 {_ms(row['ttft_p50_s'])}, "
         f"TPOT p50 {_ms(row['tpot_p50_s'])}" + (f", {row['failed']} failed" if row["failed"] else "")
     )
+
+
+def _tps(row: dict) -> str:
+    lo, hi = row.get("output_tokens_per_s_range") or (None, None)
+    spread = f" ({lo:.0f}-{hi:.0f})" if row.get("runs", 1) > 1 else ""
+    return f"{row['output_tokens_per_s']:.1f}{spread}"
 
 
 def _ms(s: float | None) -> str:
@@ -282,7 +309,8 @@ def markdown(results: dict) -> str:
         "",
         f"Streaming completions of {w['prompt_len']} prompt tokens -> {w['new_tokens']} output tokens "
         f"(ignore_eos); C clients send {w['rounds']} requests each, back to back. Servers were run one "
-        "after the other on the same machine.",
+        "after the other on the same machine; with several runs of a server, medians (output tok/s "
+        "range in brackets).",
         "",
         "| server | workload | req/s | out tok/s | TTFT p50 | TTFT p99 | TPOT p50 | TPOT p99 | ITL p99 | failed |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -298,7 +326,7 @@ def markdown(results: dict) -> str:
             for r in results["servers"][label]["rows"]:
                 if r["workload"] == wl:
                     out.append(
-                        f"| {label} | {wl} | {r['requests_per_s']:.2f} | {r['output_tokens_per_s']:.1f} | "
+                        f"| {label} | {wl} | {r['requests_per_s']:.2f} | {_tps(r)} | "
                         f"{_ms(r['ttft_p50_s'])} | {_ms(r['ttft_p99_s'])} | {_ms(r['tpot_p50_s'])} | "
                         f"{_ms(r['tpot_p99_s'])} | {_ms(r['itl_p99_s'])} | {r['failed']} |"
                     )
