@@ -70,6 +70,12 @@ class _Sampling(_Strict):
             raise ApiError(400, "stop strings must be non-empty", "stop")
         if self.min_tokens > max_tokens:
             raise ApiError(400, f"min_tokens ({self.min_tokens}) > max_tokens ({max_tokens})", "min_tokens")
+        try:
+            return self._params(max_tokens, logprobs, choice, stop)
+        except ValueError as e:  # SamplingParams' own checks (e.g. negative stop_token_ids)
+            raise ApiError(400, str(e), str(e).split(" ", 1)[0]) from None
+
+    def _params(self, max_tokens: int, logprobs: int | None, choice: int, stop: list[str]) -> SamplingParams:
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.temperature,

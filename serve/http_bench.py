@@ -328,7 +328,7 @@ def markdown(results: dict) -> str:
                     out.append(
                         f"| {label} | {wl} | {r['requests_per_s']:.2f} | {_tps(r)} | "
                         f"{_ms(r['ttft_p50_s'])} | {_ms(r['ttft_p99_s'])} | {_ms(r['tpot_p50_s'])} | "
-                        f"{_ms(r['tpot_p99_s'])} | {_ms(r['itl_p99_s'])} | {r['failed']} |"
+                        f"{_ms(r['tpot_p99_s'])} | {_ms(r['itl_p99_s'])} | {int(r['failed'])} |"
                     )
     if len(labels) >= 2:
         base = labels[0]

@@ -243,6 +243,8 @@ BAD_REQUESTS = [
     ("completions", {"model": "tiny", "prompt": "x", "logit_bias": {"1": 5}}, 400, "logit_bias"),
     ("completions", {"model": "tiny", "prompt": "x", "stream": "yes"}, 400, "stream"),
     ("completions", {"model": "tiny", "prompt": "x" * 70_000}, 413, None),
+    ("completions", {"model": "tiny", "prompt": "x", "stop_token_ids": [-2]}, 400, "stop_token_ids"),
+    ("completions", {"model": "tiny", "prompt": "x", "max_tokens": 2, "min_tokens": 5}, 400, "min_tokens"),
     ("chat/completions", {"model": "tiny", "messages": []}, 400, "messages"),
     (
         "chat/completions",
