@@ -4,6 +4,7 @@ serve/http_bench.py) on the command line."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -74,7 +75,92 @@ def register(sub) -> None:
                       help="only write the benchmark's full-attention model (first of --families) to DIR, "
                       "with its byte tokenizer, to serve it (and `attnlab convert` it for a peer)")  # fmt: skip
     p.set_defaults(func=cmd_bench_serve)
+    register_crossover(bench)
     register_serve(sub)
+
+
+def _lengths(text: str) -> list[int]:
+    """'128:65536' (doubling) or '128,512,4096'."""
+    try:
+        if ":" in text:
+            lo, hi = (int(x) for x in text.split(":"))
+            if lo <= 0 or hi < lo:
+                raise ValueError
+            return [lo << i for i in range(int(math.log2(hi // lo)) + 1)]
+        values = [int(x) for x in text.split(",") if x.strip()]
+        if not values or min(values) <= 0:
+            raise ValueError
+        return sorted(set(values))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected LO:HI (doubling from LO to at most HI) or a comma list of positive lengths"
+        ) from None
+
+
+def register_crossover(bench) -> None:
+    from attnlab.cli import positive_int
+
+    from .crossover import FAMILIES
+
+    p = bench.add_parser("crossover", help="where each family becomes cheaper than full attention")
+    p.add_argument("--out", type=Path, default=Path("runs/crossover"))
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
+    )
+    p.add_argument(
+        "--lengths", type=_lengths, default=_lengths("128:65536"), help="LO:HI doubling, or a list"
+    )
+    p.add_argument("--families", type=_list("families", list(FAMILIES)), default=list(FAMILIES))
+    p.add_argument("--batch", type=_list("batch sizes", cast=int), default=[1, 16],
+                   help="decode batch sizes: 1 and the larger one")  # fmt: skip
+    p.add_argument("--hidden", type=positive_int, default=256)
+    p.add_argument("--layers", type=positive_int, default=8)
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--window", type=positive_int, default=512, help="SWA window")
+    p.add_argument(
+        "--new-tokens", type=positive_int, default=32, help="decode tokens of the end-to-end request"
+    )
+    p.add_argument("--decode-steps", type=positive_int, default=12, help="timed decode steps per point")
+    p.add_argument("--repeats", type=positive_int, default=3, help="prefill / end-to-end repeats")
+    p.add_argument("--memory-budget", default="1GiB", help="budget for 'sequences that fit'")
+    p.add_argument("--max-point-seconds", type=float, default=60.0,
+                   help="skip a measurement (and longer lengths) predicted to take longer")  # fmt: skip
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.set_defaults(func=cmd_bench_crossover)
+
+
+def cmd_bench_crossover(args) -> int:
+    from .config import parse_memory
+    from .crossover import CrossoverOptions, run
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(
+            "attnlab bench crossover: error: --device cuda but no CUDA device is available", file=sys.stderr
+        )
+        return 2
+    batch = max(args.batch)
+    try:
+        budget = parse_memory(args.memory_budget, torch.device(args.device))
+    except ValueError as e:
+        print(f"attnlab bench crossover: error: --memory-budget: {e}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    opts = CrossoverOptions(
+        out=args.out, families=args.families, lengths=args.lengths, batch=batch, device=args.device,
+        hidden=args.hidden, layers=args.layers, heads=args.heads, window=args.window,
+        new_tokens=args.new_tokens, decode_steps=args.decode_steps, repeats=args.repeats,
+        memory_budget=budget, max_point_seconds=args.max_point_seconds,
+    )  # fmt: skip
+    print(f"attnlab bench crossover: {', '.join(opts.families)} at {opts.lengths[0]}..{opts.lengths[-1]} "
+          f"on {opts.device} -> {opts.out}", flush=True)  # fmt: skip
+    try:
+        run(opts)
+    except ValueError as e:  # e.g. a pattern the depth does not divide
+        print(f"attnlab bench crossover: error: {e}", file=sys.stderr)
+        return 2
+    print((opts.out / "crossover.md").read_text())
+    return 0
 
 
 def register_serve(sub) -> None:

@@ -1,0 +1,323 @@
+"""`attnlab bench crossover`: where each attention family becomes cheaper than full attention.
+
+Models of one width and depth (random weights: speed does not depend on them), one per family:
+full, MLA, SWA, lightning, and the published hybrids (MiniMax-01 7:1 lightning/full, Qwen3-Next
+3:1, Gemma 3 5:1 SWA/full; at a depth the ratio does not divide, a global layer closes each group
+of ratio+1 layers and the layout string is reported). At context lengths doubling from 128:
+
+- prefill: one request's whole prompt in one engine step (time to first token), and tokens/s;
+- end-to-end: the same request's prefill + `new_tokens` decode tokens;
+- decode: per-token step latency at batch 1 and at a larger batch through the engine, with the
+  context already in the cache (placed by the allocator, not prefilled: the step reads the same
+  pages either way, and a 64K-token prefill of full attention takes minutes on a CPU);
+- memory: cache bytes per sequence from the engine's allocator (checked against
+  `model.state_bytes(T)`), and the most sequences that fit in a fixed budget.
+
+Each decode point is a median over timed steps after warm-up steps; each prefill point a median
+over repeats; spreads are kept. A point that does not fit in memory is recorded as "oom", one past
+the time budget as "skipped", and the run goes on. The roofline beside each point: bytes the
+decode step must read (weights + cache) over the measured copy bandwidth, or FLOPs over the
+measured matmul rate, whichever is slower.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..archs.config import AttnLabConfig
+from ..archs.model import AttnLabForCausalLM
+from .cache_manager import PAGED, CacheManager
+from .config import EngineConfig, device_memory
+from .engine import LLMEngine
+from .request import Status
+from .sampling import SamplingParams
+
+# family -> (local letter, ratio of local to global layers); ratio None: every layer is `local`.
+FAMILIES: dict[str, tuple[str, int | None]] = {
+    "full": ("F", None),
+    "mla": ("M", None),
+    "swa": ("S", None),
+    "lightning": ("L", None),
+    "minimax-7to1": ("L", 7),
+    "qwen3next-3to1": ("L", 3),
+    "gemma3-5to1": ("S", 5),
+}
+
+
+@dataclass
+class CrossoverOptions:
+    out: Path
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    lengths: list[int] = field(default_factory=lambda: [128 << i for i in range(10)])
+    batch: int = 16  # the larger decode batch (batch 1 is always measured)
+    device: str = "cpu"
+    hidden: int = 256
+    layers: int = 8
+    heads: int = 4
+    window: int = 512
+    new_tokens: int = 32  # decode tokens of the end-to-end request
+    decode_steps: int = 12  # timed decode steps per point (after 3 warm-up steps)
+    repeats: int = 3  # prefill / end-to-end repeats
+    memory_budget: int = 1 << 30  # for "sequences that fit"
+    max_cache_bytes: int | None = None  # the most a point may allocate; default: half the device memory
+    max_point_seconds: float = 60.0  # a point predicted to take longer is skipped (longer lengths too)
+    seed: int = 0
+
+
+def layout(family: str, depth: int) -> str:
+    local, ratio = FAMILIES[family]
+    if ratio is None:
+        return local * depth
+    return "".join("F" if (i + 1) % (ratio + 1) == 0 else local for i in range(depth))
+
+
+def build_model(family: str, opts: CrossoverOptions) -> AttnLabForCausalLM:
+    torch.manual_seed(opts.seed)
+    cfg = AttnLabConfig(
+        vocab_size=256,
+        hidden_size=opts.hidden,
+        num_hidden_layers=opts.layers,
+        num_attention_heads=opts.heads,
+        num_key_value_heads=opts.heads,
+        layers=layout(family, opts.layers),
+        mixers={"S": {"type": "swa", "window": opts.window}},
+        max_position_embeddings=max(opts.lengths) + opts.new_tokens + opts.decode_steps + 64,
+    )
+    return AttnLabForCausalLM(cfg).to(opts.device).eval()
+
+
+# --- measurements ---------------------------------------------------------------------------------
+def seat_with_context(engine: LLMEngine, length: int, params: SamplingParams, request_id: str) -> None:
+    """Admit a request whose first `length - 1` prompt tokens are already in the cache (blocks and
+    slot allocated, values left as they are): its next step is a decode step at context `length`."""
+    engine.add_request([1] * length, params, request_id=request_id)
+    sched, cache = engine.scheduler, engine.cache
+    req = sched.waiting.pop()
+    cache.admit(request_id)
+    done, chunk = 0, engine.config.max_num_batched_tokens
+    while done < length - 1:  # as prefill chunks would: window blocks are freed behind the window
+        n = min(chunk, length - 1 - done)
+        if not cache.can_extend(request_id, done, n):
+            cache.free(request_id)
+            raise MemoryError(f"{length} tokens do not fit in the engine's cache")
+        cache.extend(request_id, done, n)
+        done += n
+        cache.trim(request_id, done)
+    req.num_computed = length - 1
+    req.status = Status.RUNNING
+    sched.running.append(req)
+
+
+def engine_for(model, opts: CrossoverOptions, seqs: int, length: int, tokens_per_step: int) -> LLMEngine:
+    """An engine whose budget holds `seqs` sequences of `length` (+ the decode tokens), or MemoryError."""
+    max_len = length + opts.new_tokens + opts.decode_steps + 8
+    need = int(seqs * model.state_bytes(max_len) * 1.05) + (32 << 20)
+    cap = opts.max_cache_bytes or device_memory(torch.device(opts.device)) // 2
+    if need > cap:
+        raise MemoryError(f"needs {need} bytes of cache, more than the cap of {cap}")
+    config = EngineConfig(
+        cache_memory=need,
+        max_num_seqs=seqs,
+        max_num_batched_tokens=max(tokens_per_step, seqs),
+        max_model_len=max_len,
+    )
+    try:
+        return LLMEngine(model, None, config)
+    except (ValueError, RuntimeError) as e:  # the budget is short after all, or allocation failed
+        raise MemoryError(str(e)) from e
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def decode_latency(model, opts: CrossoverOptions, length: int, batch: int) -> dict:
+    """Seconds per decode step of `batch` sequences at context `length`, and cache bytes held."""
+    warmup = 3
+    engine = engine_for(model, opts, batch, length, batch)
+    params = SamplingParams(max_tokens=warmup + opts.decode_steps + 1, ignore_eos=True)
+    for i in range(batch):
+        seat_with_context(engine, length, params, f"r{i}")
+    held = engine.cache.request_bytes("r0")
+    times = []
+    for step in range(warmup + opts.decode_steps):
+        _sync(opts.device)
+        t0 = time.perf_counter()
+        outs = engine.step()
+        _sync(opts.device)
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+        assert len(outs) == batch
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "cache_bytes": held}
+
+
+def prefill_and_e2e(model, opts: CrossoverOptions, length: int) -> dict:
+    """One request of `length` prompt tokens (prefilled in one step) then `new_tokens` decodes."""
+    engine = engine_for(model, opts, 1, length, length)
+    gen = torch.Generator().manual_seed(opts.seed)
+    prompt = torch.randint(1, 256, (length,), generator=gen).tolist()
+    params = SamplingParams(max_tokens=opts.new_tokens, ignore_eos=True)
+    prefill, e2e = [], []
+    for _ in range(opts.repeats):
+        engine.add_request(prompt, params)
+        while engine.has_unfinished():
+            for out in engine.step():
+                if out.finished:
+                    prefill.append(out.metrics.ttft)
+                    e2e.append(out.metrics.e2e)
+    return {
+        "prefill_s": statistics.median(prefill), "prefill_min": min(prefill), "prefill_max": max(prefill),
+        "e2e_s": statistics.median(e2e), "e2e_min": min(e2e), "e2e_max": max(e2e),
+    }  # fmt: skip
+
+
+def seqs_in_budget(model, opts: CrossoverOptions, length: int) -> int:
+    """The most sequences of `length` tokens the engine's allocator fits in `memory_budget`."""
+    specs = [m.cache_spec() for m in model.mixers()]
+    config = EngineConfig(cache_memory=opts.memory_budget, max_num_seqs=1 << 30, max_num_batched_tokens=16)
+    try:
+        cache = CacheManager(specs, config, model.dtype, "meta", length)
+    except ValueError:
+        return 0
+    n = cache.max_seqs
+    if PAGED in cache.pools:
+        n = min(n, cache.pools[PAGED].capacity // math.ceil(length / cache.block_size))
+    return n
+
+
+# --- rooflines ------------------------------------------------------------------------------------
+def machine_rates(device: str, hidden: int) -> dict:
+    def best(fn, reps=5) -> float:
+        fn()
+        _sync(device)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    src = torch.empty(64 << 20, dtype=torch.float32, device=device).normal_()
+    dst = torch.empty_like(src)
+    a, b = torch.randn(2048, hidden, device=device), torch.randn(hidden, 4 * hidden, device=device)
+    return {
+        "memory_bandwidth_bytes_per_s": 2 * src.numel() * 4 / best(lambda: dst.copy_(src)),
+        "matmul_flops_per_s": 2 * 2048 * hidden * 4 * hidden / best(lambda: a @ b),
+    }
+
+
+def attended_keys(context: int, tokens: int, window: int | None) -> int:
+    """Sum over the last `tokens` queries of a `context`-token sequence of the keys each sees."""
+    lo, hi = context - tokens + 1, context  # each query sees its own position's count of keys
+    if window is None or hi <= window:
+        return (lo + hi) * tokens // 2
+    if lo >= window:
+        return window * tokens
+    return (lo + window) * (window - lo + 1) // 2 + window * (hi - window)
+
+
+def step_flops(model, context: int, tokens: int) -> float:
+    """FLOPs of the last `tokens` tokens of a `context`-token sequence: 2 per weight and token, q.k
+    and p.v over the keys each layer reads (MLA absorbed: keys of R + Dr, values of R), and
+    lightning's state read and update (4 per state element and token)."""
+    weights = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
+    total = 2.0 * weights * tokens
+    for mixer in model.mixers():
+        spec = mixer.cache_spec()
+        heads = getattr(mixer.spec, "num_heads", 1)
+        if type(spec).__name__ == "RecurrentSpec":
+            total += 4.0 * spec.num_heads * spec.key_dim * spec.value_dim * tokens
+        elif type(spec).__name__ == "KVSpec":
+            total += (
+                2.0 * heads * (spec.head_dim + spec.value_dim) * attended_keys(context, tokens, spec.window)
+            )
+        elif type(spec).__name__ == "LatentSpec":
+            per_key = 2 * spec.latent_dim + spec.rope_dim
+            total += 2.0 * heads * per_key * attended_keys(context, tokens, None)
+    return total
+
+
+def roofline(model, rates: dict, context: int, batch: int, tokens: int) -> float:
+    """Least seconds for a step of `batch` sequences each adding `tokens` at `context`."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    read = weights + batch * model.state_bytes(context)
+    flops = batch * step_flops(model, context, tokens)
+    return max(read / rates["memory_bandwidth_bytes_per_s"], flops / rates["matmul_flops_per_s"])
+
+
+# --- the run --------------------------------------------------------------------------------------
+def run(opts: CrossoverOptions, progress: bool = True) -> dict:
+    from .crossover_report import write_outputs
+
+    rates = machine_rates(opts.device, opts.hidden)
+    points, models = [], {}
+    bar = tqdm(
+        total=len(opts.families) * len(opts.lengths), desc="crossover", unit="point", disable=not progress
+    )
+    for family in opts.families:
+        model = models[family] = build_model(family, opts)
+        too_slow = {"prefill": False, "decode_b1": False, "decode_bN": False}
+        last = {}
+        for length in opts.lengths:
+            bar.set_postfix_str(f"{family} @ {length}")
+            p = {"family": family, "length": length, "state_bytes": model.state_bytes(length)}
+            p["seqs_in_budget"] = seqs_in_budget(model, opts, length)
+            for key, batch in (("decode_b1", 1), ("decode_bN", opts.batch)):
+                p[key] = _attempt(too_slow, key, last, opts, decode_latency, model, opts, length, batch)
+                if isinstance(p[key], dict):
+                    p[key]["roofline_s"] = roofline(model, rates, length, batch, 1)
+                    p.setdefault("cache_bytes_per_seq", p[key]["cache_bytes"])
+            p["prefill"] = _attempt(too_slow, "prefill", last, opts, prefill_and_e2e, model, opts, length)
+            if isinstance(p["prefill"], dict):
+                p["prefill"]["roofline_s"] = roofline(model, rates, length, 1, length)
+                p["prefill"]["tokens_per_s"] = length / p["prefill"]["prefill_s"]
+            points.append(p)
+            bar.update(1)
+    bar.close()
+    results = {
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
+        "layouts": {f: layout(f, opts.layers) for f in opts.families},
+        "machine": {
+            "device": opts.device,
+            "processor": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            **rates,
+        },  # fmt: skip
+        "points": points,
+    }
+    write_outputs(results, opts.out)
+    return results
+
+
+def _attempt(too_slow: dict, key: str, last: dict, opts: CrossoverOptions, fn, *args) -> dict | str:
+    """Run one measurement unless an earlier length was too slow; predict from the last time
+    (prefill grows up to 4x per doubling, decode up to 2x) and skip past the time budget."""
+    if too_slow[key]:
+        return "skipped"
+    growth = 4.5 if key == "prefill" else 2.2
+    reps = opts.repeats if key == "prefill" else opts.decode_steps + 3
+    if key in last and last[key] * growth * reps > opts.max_point_seconds:
+        too_slow[key] = True
+        return "skipped"
+    try:
+        t0 = time.perf_counter()
+        out = fn(*args)
+        last[key] = (time.perf_counter() - t0) / reps
+        return out
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        return f"oom: {e}"[:200]
+
+
+def load(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
