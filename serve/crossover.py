@@ -117,22 +117,69 @@ def seat_with_context(engine: LLMEngine, length: int, params: SamplingParams, re
     sched.running.append(req)
 
 
+def _probe(model, budget: int, seqs: int, max_len: int, chunk: int) -> CacheManager | None:
+    """The engine's allocator for this budget, on the meta device (sizes only, no memory)."""
+    specs = [m.cache_spec() for m in model.mixers()]
+    config = EngineConfig(
+        cache_memory=budget, max_num_seqs=seqs, max_num_batched_tokens=chunk, max_model_len=max_len
+    )
+    try:
+        return CacheManager(specs, config, model.dtype, "meta", max_len)
+    except ValueError:
+        return None
+
+
+def _fits(cache: CacheManager | None, seqs: int, length: int) -> bool:
+    if cache is None or cache.max_seqs < seqs:
+        return False
+    return PAGED not in cache.pools or cache.pools[PAGED].capacity >= seqs * math.ceil(
+        length / cache.block_size
+    )
+
+
+def cache_budget(model, seqs: int, max_len: int, chunk: int) -> int:
+    """The smallest budget (to 1%) in which the allocator holds `seqs` sequences of `max_len`."""
+    lo, hi = 1 << 16, 1 << 20
+    while not _fits(_probe(model, hi, seqs, max_len, chunk), seqs, max_len):
+        lo, hi = hi, hi * 2
+    while hi - lo > hi // 100:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _fits(_probe(model, mid, seqs, max_len, chunk), seqs, max_len) else (mid, hi)
+    return hi
+
+
+def seqs_in_budget(model, opts: CrossoverOptions, length: int, chunk: int = 2048) -> int:
+    """The most sequences of `length` tokens the engine's allocator fits in `memory_budget` (with
+    the engine's default prefill chunk reserved, as when serving)."""
+
+    def fits(n: int) -> bool:
+        return _fits(_probe(model, opts.memory_budget, n, length, chunk), n, length)
+
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while fits(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
 def engine_for(model, opts: CrossoverOptions, seqs: int, length: int, tokens_per_step: int) -> LLMEngine:
     """An engine whose budget holds `seqs` sequences of `length` (+ the decode tokens), or MemoryError."""
     max_len = length + opts.new_tokens + opts.decode_steps + 8
-    need = int(seqs * model.state_bytes(max_len) * 1.05) + (32 << 20)
+    chunk = max(tokens_per_step, seqs)
+    need = cache_budget(model, seqs, max_len, chunk)
     cap = opts.max_cache_bytes or device_memory(torch.device(opts.device)) // 2
     if need > cap:
         raise MemoryError(f"needs {need} bytes of cache, more than the cap of {cap}")
     config = EngineConfig(
-        cache_memory=need,
-        max_num_seqs=seqs,
-        max_num_batched_tokens=max(tokens_per_step, seqs),
-        max_model_len=max_len,
+        cache_memory=need, max_num_seqs=seqs, max_num_batched_tokens=chunk, max_model_len=max_len
     )
     try:
         return LLMEngine(model, None, config)
-    except (ValueError, RuntimeError) as e:  # the budget is short after all, or allocation failed
+    except (ValueError, RuntimeError) as e:  # allocation failed
         raise MemoryError(str(e)) from e
 
 
@@ -157,7 +204,8 @@ def decode_latency(model, opts: CrossoverOptions, length: int, batch: int) -> di
         _sync(opts.device)
         if step >= warmup:
             times.append(time.perf_counter() - t0)
-        assert len(outs) == batch
+        if len(outs) != batch:  # a sequence was preempted: the budget was short after all
+            raise MemoryError(f"only {len(outs)} of {batch} sequences decoded in one step")
     return {"median": statistics.median(times), "min": min(times), "max": max(times), "cache_bytes": held}
 
 
@@ -179,20 +227,6 @@ def prefill_and_e2e(model, opts: CrossoverOptions, length: int) -> dict:
         "prefill_s": statistics.median(prefill), "prefill_min": min(prefill), "prefill_max": max(prefill),
         "e2e_s": statistics.median(e2e), "e2e_min": min(e2e), "e2e_max": max(e2e),
     }  # fmt: skip
-
-
-def seqs_in_budget(model, opts: CrossoverOptions, length: int) -> int:
-    """The most sequences of `length` tokens the engine's allocator fits in `memory_budget`."""
-    specs = [m.cache_spec() for m in model.mixers()]
-    config = EngineConfig(cache_memory=opts.memory_budget, max_num_seqs=1 << 30, max_num_batched_tokens=16)
-    try:
-        cache = CacheManager(specs, config, model.dtype, "meta", length)
-    except ValueError:
-        return 0
-    n = cache.max_seqs
-    if PAGED in cache.pools:
-        n = min(n, cache.pools[PAGED].capacity // math.ceil(length / cache.block_size))
-    return n
 
 
 # --- rooflines ------------------------------------------------------------------------------------
@@ -317,6 +351,8 @@ def _attempt(too_slow: dict, key: str, last: dict, opts: CrossoverOptions, fn, *
         return out
     except (MemoryError, torch.OutOfMemoryError) as e:
         return f"oom: {e}"[:200]
+    except Exception as e:  # recorded, and the run goes on
+        return f"error: {type(e).__name__}: {e}"[:200]
 
 
 def load(path: Path) -> dict:

@@ -29,29 +29,30 @@ def _get(point: dict, key: str, field: str):
 
 def crossover(lengths: list[int], ours: list[float | None], full: list[float | None],
               higher_is_better: bool = False) -> dict:  # fmt: skip
-    """The shortest length at which `ours` is cheaper than `full`, interpolated in log-length
-    between the last measured length where it is not and the first where it is, on the log of
-    the ratio. A length where full attention could not run (None) while ours did counts as
-    cheaper. -> {"length": float | None, "note": str}."""
-    prev = None  # (length, log ratio) of the last measured length where ours was not cheaper
+    """The length from which on `ours` stays cheaper than `full` at every longer measured length:
+    interpolated in log-length, on the log of the ratio, between the last measured length where
+    it is not cheaper and the next. (The last crossing, not the first: a single noisy short
+    length where a family happens to win does not make a crossover.) A length where full
+    attention could not run (None) while ours did counts as cheaper. -> {"length", "note"}."""
+    measured = []  # (length, log ratio or None when full attention could not run)
     for length, a, b in zip(lengths, ours, full, strict=True):
         if a is None:
             continue
-        if b is None:  # full attention ran out of memory or time here
-            return {"length": float(length), "note": "full attention could not run here"}
-        ratio = b / a if higher_is_better else a / b  # < 1: ours is cheaper
-        if ratio < 1:
-            if prev is None:
-                return {"length": float(length), "note": f"cheaper from the first length measured ({length})"}
-            l0, r0 = prev
-            t = r0 / (r0 - math.log(ratio))
-            return {
-                "length": math.exp(math.log(l0) + t * (math.log(length) - math.log(l0))),
-                "note": "interpolated",
-            }
-        prev = (length, math.log(ratio))
-    measured = [n for n, a, b in zip(lengths, ours, full, strict=True) if a is not None and b is not None]
-    return {"length": None, "note": f"none up to {measured[-1] if measured else lengths[-1]}"}
+        ratio = None if b is None else (b / a if higher_is_better else a / b)  # < 1: ours is cheaper
+        measured.append((length, None if ratio is None else math.log(ratio)))
+    if not measured:
+        return {"length": None, "note": "not measured"}
+    last_not = max((i for i, (_, r) in enumerate(measured) if r is not None and r >= 0), default=None)
+    if last_not is None:
+        n = measured[0][0]
+        return {"length": float(n), "note": f"cheaper from the first length measured ({n})"}
+    if last_not == len(measured) - 1:
+        return {"length": None, "note": f"none up to {measured[-1][0]}"}
+    (l0, r0), (l1, r1) = measured[last_not], measured[last_not + 1]
+    if r1 is None:
+        return {"length": float(l1), "note": "full attention could not run here"}
+    t = r0 / (r0 - r1)
+    return {"length": math.exp(math.log(l0) + t * (math.log(l1) - math.log(l0))), "note": "interpolated"}
 
 
 def series(results: dict, family: str, metric: str) -> tuple[list[int], list]:

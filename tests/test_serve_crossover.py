@@ -98,3 +98,25 @@ def test_bad_lengths_are_rejected(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "crossover", "--lengths", "512:128"])
     assert "--lengths" in capsys.readouterr().err
+
+
+def test_a_noisy_early_win_is_not_the_crossover():
+    full = [10, 10, 10, 10, 10, 10]
+    ours = [9, 11, 12, 11, 8, 5]  # wins at 128 by noise, loses, then wins for good between 1024 and 2048
+    c = crossover(LENGTHS, ours, full)
+    assert c["note"] == "interpolated" and 1024 < c["length"] < 2048
+
+
+@pytest.mark.parametrize("family", ["full", "lightning", "minimax-7to1", "gemma3-5to1"])
+def test_sequences_in_budget_are_what_the_allocator_admits(family):
+    """The count is the largest n for which the engine's allocator, built for n sequences, holds n
+    sequences of the length; a hybrid is bounded by its full layers' pages, not by 1."""
+    from attnlab.serve.crossover import _fits, _probe, seqs_in_budget
+
+    opts = CrossoverOptions(out=None, hidden=64, layers=8, heads=2, window=64, memory_budget=64 << 20)
+    model = build_model(family, opts)
+    n = seqs_in_budget(model, opts, 512)
+    assert n > 1
+    assert _fits(_probe(model, opts.memory_budget, n, 512, 2048), n, 512)
+    assert not _fits(_probe(model, opts.memory_budget, n + 1, 512, 2048), n + 1, 512)
+    assert n * model.state_bytes(512) <= opts.memory_budget
