@@ -49,11 +49,27 @@ def _sdpa(q, k, v, mask, scale, sinks):
 
 
 def swa_prefill_sdpa(q, k, v, scale=None, window=None, sinks=None):
+    """q [B, Tq, H, D] (the last Tq of the Tk keys), k/v [B, Tk, Hkv, D*] -> [B, Tq, H, Dv].
+
+    With a window, queries go in blocks of max(window, 256) that each read only the keys their
+    window reaches: O(Tq * window) work instead of a masked O(Tq * Tk) square."""
     tq, tk = q.shape[1], k.shape[1]
     scale = default_scale(scale, q.shape[-1])
-    mask = causal_window_mask(tq, tk, tk - tq, 0, window, q.device)  # [Tq, Tk]
-    o = _sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, scale, sinks)
-    return o.transpose(1, 2)  # [B, Tq, H, Dv]
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H*, T, D*]
+    block = tq if window is None else max(window, 256)
+    if block >= tq:
+        mask = causal_window_mask(tq, tk, tk - tq, 0, window, q.device)  # [Tq, Tk]
+        return _sdpa(q, k, v, mask, scale, sinks).transpose(1, 2)
+    outs = []
+    for a in range(0, tq, block):
+        b = min(a + block, tq)
+        q0 = tk - tq + a  # absolute position of the block's first query
+        k0 = max(0, q0 - window + 1)  # the first key any query of the block can see
+        mask = causal_window_mask(b - a, q0 + (b - a) - k0, q0, k0, window, q.device)
+        outs.append(
+            _sdpa(q[:, :, a:b], k[:, :, k0 : q0 + b - a], v[:, :, k0 : q0 + b - a], mask, scale, sinks)
+        )
+    return torch.cat(outs, dim=2).transpose(1, 2)  # [B, Tq, H, Dv]
 
 
 def paged_attn_decode_sdpa(q, k_cache, v_cache, block_table, seq_lens, scale=None, sinks=None, window=None):

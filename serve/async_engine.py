@@ -140,12 +140,16 @@ class AsyncEngine:
             except Exception as e:  # a bug or OOM: fail what is in flight, keep serving
                 self._fail_all(EngineError(f"engine step failed: {type(e).__name__}: {e}"))
                 continue
+            # One wake-up of each event loop per step, however many of its requests got a token.
+            batches: dict = {}
             for out in outputs:
                 sink = self._sinks.get(out.request_id)
                 if sink is not None:
-                    sink.put(out)
+                    batches.setdefault(sink.loop, []).append((sink, out))
                     if out.finished:
                         del self._sinks[out.request_id]
+            for loop, items in batches.items():
+                loop.call_soon_threadsafe(_deliver, items)
             self._observe(outputs)
         self._fail_all(EngineError("the server is shutting down; the request was aborted"))
 
@@ -186,6 +190,11 @@ class AsyncEngine:
     def _observe(self, outputs: list) -> None:
         if self.on_step is not None:
             self.on_step(self.engine, outputs)
+
+
+def _deliver(items: list) -> None:
+    for sink, out in items:
+        sink.queue.put_nowait((sink.index, out))
 
 
 def _settle(future: asyncio.Future, error: Exception | None) -> None:
