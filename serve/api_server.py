@@ -43,10 +43,9 @@ class ServerOptions:
 
 @dataclass
 class _Choice:
-    """One engine request behind an HTTP response: which prompt, how many prompt tokens."""
+    """One engine request behind an HTTP response: its choice index and its text deltas."""
 
     index: int
-    prompt_tokens: int
     deltas: TextDeltas
 
 
@@ -187,7 +186,7 @@ class _Api:
             for k in range(req.n):
                 params = req.sampling_params(max_tokens, req.logprobs, k)
                 jobs.append((ids, params))
-                choices.append(_Choice(p * req.n + k, len(ids), TextDeltas(self.tokenizer, params.stop)))
+                choices.append(_Choice(p * req.n + k, TextDeltas(self.tokenizer, params.stop)))
         rid = f"cmpl-{uuid.uuid4().hex}"
         head = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": req.model}
         group = await self._submit(rid, jobs)
@@ -223,7 +222,7 @@ class _Api:
         for k in range(req.n):
             params = req.sampling_params(max_tokens, req.num_logprobs, k)
             jobs.append((ids, params))
-            choices.append(_Choice(k, len(ids), TextDeltas(self.tokenizer, params.stop)))
+            choices.append(_Choice(k, TextDeltas(self.tokenizer, params.stop)))
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         head = {"id": rid, "created": int(time.time()), "model": req.model}
         group = await self._submit(rid, jobs)

@@ -295,12 +295,12 @@ def run(opts: CrossoverOptions, progress: bool = True) -> dict:
     from .crossover_report import write_outputs
 
     rates = machine_rates(opts.device, opts.hidden)
-    points, models = [], {}
+    points = []
     bar = tqdm(
         total=len(opts.families) * len(opts.lengths), desc="crossover", unit="point", disable=not progress
     )
     for family in opts.families:
-        model = models[family] = build_model(family, opts)
+        model = build_model(family, opts)
         too_slow = {"prefill": False, "decode_b1": False, "decode_bN": False}
         last = {}
         for length in opts.lengths:

@@ -99,16 +99,25 @@ def _fmt(metric: str, value) -> str:
     return f"{value:,}"
 
 
+# metric -> (the point's entry holding it, the prefix of its min/max fields)
+_SPREAD = {
+    "prefill_s": ("prefill", "prefill_"),
+    "e2e_s": ("prefill", "e2e_"),
+    "decode_b1_s": ("decode_b1", ""),
+    "decode_bN_s": ("decode_bN", ""),
+}
+
+
 def _cell(point: dict, metric: str) -> str:
+    """A value with its spread (± half the min-max range, in % of the median), or why it is missing."""
     value = METRICS[metric][1](point)
+    key, prefix = _SPREAD.get(metric, (None, ""))
     if value is not None:
-        return _fmt(metric, value)
-    key = {
-        "prefill_s": "prefill",
-        "e2e_s": "prefill",
-        "decode_b1_s": "decode_b1",
-        "decode_bN_s": "decode_bN",
-    }.get(metric)
+        if key is None:
+            return _fmt(metric, value)
+        entry = point[key]
+        spread = 50 * (entry[f"{prefix}max"] - entry[f"{prefix}min"]) / value
+        return f"{_fmt(metric, value)} ±{spread:.0f}%"
     status = point.get(key) if key else None
     return "oom" if isinstance(status, str) and status.startswith("oom") else ("skipped" if status else "-")
 
@@ -123,7 +132,8 @@ def markdown(results: dict) -> str:
         f"d {o['hidden']}, {o['layers']} layers, {o['heads']} heads, vocab 256, fp32, random weights; SWA window "
         f"{o['window']}; larger decode batch N = {o['batch']}; end to end = prefill + {o['new_tokens']} tokens; "
         f"sequences in a {o['memory_budget'] / 2**30:g} GiB budget. Measured copy bandwidth "
-        f"{m['memory_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, matmul {m['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s.",
+        f"{m['memory_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, matmul {m['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s. "
+        "Times are medians, ± half the min-max range over the repeats (prefill) or timed steps (decode).",
         "",
         "Layouts: " + ", ".join(f"{f} `{results['layouts'][f]}`" for f in families),
         "",
