@@ -53,18 +53,28 @@ class BenchOptions:
     seed: int = 0
 
 
-def bench_model(family: str, opts: BenchOptions) -> AttnLabForCausalLM:
-    torch.manual_seed(opts.seed)
+def random_model(layers, *, hidden: int, depth: int, heads: int, max_positions: int, seed: int,
+                 mixers: dict | None = None, device: str = "cpu") -> AttnLabForCausalLM:  # fmt: skip
+    """A benchmark model: byte vocabulary, MHA, random weights (speed does not depend on them)."""
+    torch.manual_seed(seed)
     cfg = AttnLabConfig(
         vocab_size=256,
-        hidden_size=opts.hidden,
-        num_hidden_layers=opts.layers,
-        num_attention_heads=opts.heads,
-        num_key_value_heads=opts.heads,
-        max_position_embeddings=max(65536, *opts.decode_contexts) + 256,
-        **FAMILIES[family],
+        hidden_size=hidden,
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        layers=layers,
+        mixers=mixers or {},
+        max_position_embeddings=max_positions,
     )
-    return AttnLabForCausalLM(cfg).eval()
+    return AttnLabForCausalLM(cfg).to(device).eval()
+
+
+def bench_model(family: str, opts: BenchOptions) -> AttnLabForCausalLM:
+    return random_model(
+        FAMILIES[family]["layers"], hidden=opts.hidden, depth=opts.layers, heads=opts.heads,
+        max_positions=max(65536, *opts.decode_contexts) + 256, seed=opts.seed,
+    )  # fmt: skip
 
 
 def engine_for(model, opts: BenchOptions, **overrides) -> LLMEngine:
@@ -180,29 +190,48 @@ def decode_cost(model, opts: BenchOptions, context: int, steps: int = 32) -> flo
     return statistics.median(times)
 
 
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so a timer around it measures the work."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn, reps: int = 5, device: str = "cpu") -> float:
+    """Median wall time of `fn()` over `reps` calls, after one warm-up call."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: str = "cpu") -> float:
+    """Bytes read + written per second by a 256 MiB fp32 copy."""
+    src = torch.empty(64 << 20, dtype=torch.float32, device=device).normal_()
+    dst = torch.empty_like(src)
+    return 2 * src.numel() * 4 / median_seconds(lambda: dst.copy_(src), device=device)
+
+
+def matmul_rate(rows: int, d: int, ff: int, reps: int = 5, device: str = "cpu") -> float:
+    """fp32 FLOP/s of a [rows, d] x [d, ff] product."""
+    a, b = torch.randn(rows, d, device=device), torch.randn(d, ff, device=device)
+    return 2 * rows * d * ff / median_seconds(lambda: a @ b, reps, device)
+
+
 def machine_rates(opts: BenchOptions, batch_rows: int) -> dict:
     """This machine's measured limits: copy bandwidth (bytes read + written / s), and fp32 matmul
     rates at the prefill shape and at the decode shape (FLOP/s), medians of a few repeats."""
-
-    def best(fn, reps=5) -> float:
-        fn()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    src = torch.empty(64 << 20, dtype=torch.float32).normal_()
-    dst = torch.empty_like(src)
-    bandwidth = 2 * src.numel() * 4 / best(lambda: dst.copy_(src))
     d, ff = opts.hidden, 4 * opts.hidden
-    big = torch.randn(min(2048, opts.prompt_len * 8), d), torch.randn(d, ff)
-    rates = {"memory_bandwidth_bytes_per_s": bandwidth,
-             "matmul_prefill_flops_per_s": 2 * big[0].shape[0] * d * ff / best(lambda: big[0] @ big[1])}  # fmt: skip
+    rates = {
+        "memory_bandwidth_bytes_per_s": copy_bandwidth(),
+        "matmul_prefill_flops_per_s": matmul_rate(min(2048, opts.prompt_len * 8), d, ff),
+    }
     for rows in sorted(set(batch_rows)):
-        x = torch.randn(rows, d)
-        rates[f"matmul_decode_b{rows}_flops_per_s"] = 2 * rows * d * ff / best(lambda x=x: x @ big[1], 50)
+        rates[f"matmul_decode_b{rows}_flops_per_s"] = matmul_rate(rows, d, ff, reps=50)
     return rates
 
 

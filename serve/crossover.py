@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..archs.config import AttnLabConfig
 from ..archs.model import AttnLabForCausalLM
+from .bench import copy_bandwidth, matmul_rate, random_model, sync
 from .cache_manager import PAGED, CacheManager
 from .config import EngineConfig, device_memory
 from .engine import LLMEngine
@@ -81,18 +81,11 @@ def layout(family: str, depth: int) -> str:
 
 
 def build_model(family: str, opts: CrossoverOptions) -> AttnLabForCausalLM:
-    torch.manual_seed(opts.seed)
-    cfg = AttnLabConfig(
-        vocab_size=256,
-        hidden_size=opts.hidden,
-        num_hidden_layers=opts.layers,
-        num_attention_heads=opts.heads,
-        num_key_value_heads=opts.heads,
-        layers=layout(family, opts.layers),
-        mixers={"S": {"type": "swa", "window": opts.window}},
-        max_position_embeddings=max(opts.lengths) + opts.new_tokens + opts.decode_steps + 64,
-    )
-    return AttnLabForCausalLM(cfg).to(opts.device).eval()
+    return random_model(
+        layout(family, opts.layers), hidden=opts.hidden, depth=opts.layers, heads=opts.heads,
+        max_positions=max(opts.lengths) + opts.new_tokens + opts.decode_steps + 64, seed=opts.seed,
+        mixers={"S": {"type": "swa", "window": opts.window}}, device=opts.device,
+    )  # fmt: skip
 
 
 # --- measurements ---------------------------------------------------------------------------------
@@ -183,11 +176,6 @@ def engine_for(model, opts: CrossoverOptions, seqs: int, length: int, tokens_per
         raise MemoryError(str(e)) from e
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def decode_latency(model, opts: CrossoverOptions, length: int, batch: int) -> dict:
     """Seconds per decode step of `batch` sequences at context `length`, and cache bytes held."""
     warmup = 3
@@ -198,10 +186,10 @@ def decode_latency(model, opts: CrossoverOptions, length: int, batch: int) -> di
     held = engine.cache.request_bytes("r0")
     times = []
     for step in range(warmup + opts.decode_steps):
-        _sync(opts.device)
+        sync(opts.device)
         t0 = time.perf_counter()
         outs = engine.step()
-        _sync(opts.device)
+        sync(opts.device)
         if step >= warmup:
             times.append(time.perf_counter() - t0)
         if len(outs) != batch:  # a sequence was preempted: the budget was short after all
@@ -231,23 +219,9 @@ def prefill_and_e2e(model, opts: CrossoverOptions, length: int) -> dict:
 
 # --- rooflines ------------------------------------------------------------------------------------
 def machine_rates(device: str, hidden: int) -> dict:
-    def best(fn, reps=5) -> float:
-        fn()
-        _sync(device)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    src = torch.empty(64 << 20, dtype=torch.float32, device=device).normal_()
-    dst = torch.empty_like(src)
-    a, b = torch.randn(2048, hidden, device=device), torch.randn(hidden, 4 * hidden, device=device)
     return {
-        "memory_bandwidth_bytes_per_s": 2 * src.numel() * 4 / best(lambda: dst.copy_(src)),
-        "matmul_flops_per_s": 2 * 2048 * hidden * 4 * hidden / best(lambda: a @ b),
+        "memory_bandwidth_bytes_per_s": copy_bandwidth(device),
+        "matmul_flops_per_s": matmul_rate(2048, hidden, 4 * hidden, device=device),
     }
 
 
