@@ -82,7 +82,7 @@ class SoftmaxAttention(Mixer):
     def cache_spec(self) -> KVSpec:
         return KVSpec(self.num_kv_heads, self.head_dim, self.head_dim, self.spec.window)
 
-    def state_bytes(self, seq_len: int, dtype: torch.dtype) -> int:
+    def state_bytes(self, seq_len: int, dtype: torch.dtype, state_dtype="fp32", state_scales="row") -> int:
         kept = seq_len if self.spec.window is None else min(seq_len, self.spec.window - 1)
         return 2 * kept * self.num_kv_heads * self.head_dim * dtype_bytes(dtype)
 

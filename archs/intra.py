@@ -105,8 +105,8 @@ class IntraLayerHybrid(Mixer):
     def cache_spec(self) -> CompositeSpec:
         return CompositeSpec(tuple(p.cache_spec() for p in self.parts))
 
-    def state_bytes(self, seq_len, dtype):
-        return sum(p.state_bytes(seq_len, dtype) for p in self.parts)
+    def state_bytes(self, seq_len, dtype, state_dtype="fp32", state_scales="row"):
+        return sum(p.state_bytes(seq_len, dtype, state_dtype, state_scales) for p in self.parts)
 
     def attention_map(self, x, positions=None):
         self.share_head_uniform()

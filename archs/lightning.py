@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import lightning_prefill
+from ..kernels import lightning_prefill, stored_state_bytes
 from ..kernels.lightning_attention import lightning_implied_map
 from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm
@@ -120,11 +120,14 @@ class LightningAttention(Mixer):
     def cache_spec(self) -> RecurrentSpec:
         return RecurrentSpec(self.num_heads, self.head_dim, self.head_dim)
 
-    def state_bytes(self, seq_len: int, dtype: torch.dtype) -> int:
+    def state_bytes(self, seq_len: int, dtype: torch.dtype, state_dtype="fp32", state_scales="row") -> int:
         if seq_len == 0:
             return 0  # nothing is allocated before the first token
+        h, d = self.num_heads, self.head_dim
+        if state_dtype != "fp32":  # the serving engine's storage (docs/state_precision.md)
+            return stored_state_bytes(h, d, d, state_dtype, state_scales)
         # fp32 whatever the model dtype (float64 models keep float64): see kernels/lightning_attention.py.
-        return self.num_heads * self.head_dim * self.head_dim * max(4, dtype_bytes(dtype))
+        return h * d * d * max(4, dtype_bytes(dtype))
 
     def attention_map(self, x, positions=None):
         q, k, _ = self.project(x)

@@ -182,7 +182,7 @@ class MultiHeadLatentAttention(Mixer):
     def cache_spec(self) -> LatentSpec:
         return LatentSpec(self.latent_dim, self.rope_dim)
 
-    def state_bytes(self, seq_len: int, dtype: torch.dtype) -> int:
+    def state_bytes(self, seq_len: int, dtype: torch.dtype, state_dtype="fp32", state_scales="row") -> int:
         return seq_len * (self.latent_dim + self.rope_dim) * dtype_bytes(dtype)
 
     def attention_map(self, x, positions=None):

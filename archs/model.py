@@ -124,10 +124,16 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
         dtype = dtype or self.dtype
         return AttnLabCache([layer.mixer.new_state(batch, dtype) for layer in self.model.layers])
 
-    def state_bytes(self, seq_len: int, dtype: torch.dtype | None = None) -> int:
-        """Exact bytes the cache holds for one sequence after `seq_len` tokens, all layers."""
+    def state_bytes(
+        self, seq_len: int, dtype: torch.dtype | None = None, state_dtype: str = "fp32", state_scales: str = "row"
+    ) -> int:
+        """Exact bytes the cache holds for one sequence after `seq_len` tokens, all layers: K/V and
+        latents in `dtype` (default the model's), recurrent states stored as `state_dtype` ("fp32",
+        "bf16", "fp16", or "int8" with per-"row" or per-"block" fp32 scales)."""
         dtype = dtype or self.dtype
-        return sum(layer.mixer.state_bytes(seq_len, dtype) for layer in self.model.layers)
+        return sum(
+            layer.mixer.state_bytes(seq_len, dtype, state_dtype, state_scales) for layer in self.model.layers
+        )
 
     def mixers(self) -> list[Mixer]:
         return [layer.mixer for layer in self.model.layers]

@@ -9,6 +9,7 @@ from .attention_ops import paged_attn_decode, swa_prefill
 from .lightning_ops import lightning_decode, lightning_prefill
 from .mla_ops import mla_decode
 from .paged_ops import paged_attn_prefill
+from .state_ops import state_group, state_load, state_store, stored_state_bytes
 
 __all__ = [
     "lightning_decode",
@@ -16,5 +17,9 @@ __all__ = [
     "mla_decode",
     "paged_attn_decode",
     "paged_attn_prefill",
+    "state_group",
+    "state_load",
+    "state_store",
+    "stored_state_bytes",
     "swa_prefill",
 ]

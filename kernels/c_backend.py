@@ -66,15 +66,15 @@ def compiler_version(compiler: str) -> str:
     return result.stdout.splitlines()[0] if result.stdout else compiler
 
 
-def build(directory: Path, compiler: str = COMPILER) -> Path:
-    """Compile paged_attention.c into `directory` unless an identical build is there -> the .so path."""
-    source = SOURCE.read_bytes()
+def build(directory: Path, compiler: str = COMPILER, path: Path = SOURCE) -> Path:
+    """Compile the C source `path` into `directory` unless an identical build is there -> the .so path."""
+    source = path.read_bytes()
     key = hashlib.sha256(
         b"\0".join(
             [source, compiler_version(compiler).encode(), " ".join(FLAGS).encode(), _cpu_id().encode()]
         )
     ).hexdigest()[:16]
-    target = directory / f"paged_attention-{key}.so"
+    target = directory / f"{path.stem}-{key}.so"
     if target.exists():
         return target
     try:
@@ -88,10 +88,10 @@ def build(directory: Path, compiler: str = COMPILER) -> Path:
                                 capture_output=True, timeout=300)  # fmt: skip
         if result.returncode != 0:
             log = result.stderr.decode(errors="replace").strip()[-2000:]
-            raise BuildError(f"`{compiler} {' '.join(FLAGS)}` failed on {SOURCE.name}: {log}")
+            raise BuildError(f"`{compiler} {' '.join(FLAGS)}` failed on {path.name}: {log}")
         os.replace(tmp, target)  # atomic: no process ever loads a half-written file
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BuildError(f"compiling {SOURCE.name} into {directory} failed: {exc}") from exc
+        raise BuildError(f"compiling {path.name} into {directory} failed: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return target

@@ -8,7 +8,8 @@ Order of choice:
 3. No ranking (nothing checked on this device yet): the op's DEFAULT_ORDER if it has one, then
    `torch_chunk`, else the `torch` reference. DEFAULT_ORDER holds the paged ops: the `c` kernel
    (CPU, fp32, forward; tested with the package), then torch's own SDPA, both measured faster than
-   torch_chunk on CPU. Each candidate must still take the call (device, dtype, gradients,
+   torch_chunk on CPU; and the state store/load ops' `c` kernels (bit-for-bit the reference, 2-30x
+   faster on CPU). Each candidate must still take the call (device, dtype, gradients,
    `supports`), so a GPU, bf16 or backward paged decode skips `c`. Other kernels never run unchecked
    and unasked, so a fresh GPU machine starts on SDPA for the paged ops, `torch_chunk` for the rest.
 
@@ -32,7 +33,12 @@ from .registry import Solution
 
 FALLBACK = ("torch_chunk", "torch")
 # Tried before FALLBACK when this device has no ranking for the op.
-DEFAULT_ORDER = {"paged_attn_decode": ("c", "sdpa"), "paged_attn_prefill": ("sdpa",)}
+DEFAULT_ORDER = {
+    "paged_attn_decode": ("c", "sdpa"),
+    "paged_attn_prefill": ("sdpa",),
+    "state_store": ("c",),
+    "state_load": ("c",),
+}
 MODES = ("fwd", "fwd+bwd")
 
 

@@ -214,6 +214,10 @@ def _declared_dtype(text: str, inputs: dict) -> torch.dtype:
     """'v.dtype' -> inputs['v'].dtype; 'float32' -> torch.float32 (float64 inputs keep float64)."""
     if text.endswith(".dtype"):
         return inputs[text.removesuffix(".dtype")].dtype
+    if text == "storage":  # state_store: the storage dtype named by its `dtype` input
+        from .state_ops import STORAGE_DTYPES
+
+        return STORAGE_DTYPES[inputs["dtype"]]
     first = next(v for v in inputs.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
     return (
         torch.promote_types(getattr(torch, text), first.dtype) if text == "float32" else getattr(torch, text)

@@ -17,7 +17,7 @@ import torch
 
 from .definition import Definition
 
-OP_MODULES = ["lightning_ops", "attention_ops", "mla_ops", "paged_ops"]
+OP_MODULES = ["lightning_ops", "attention_ops", "mla_ops", "paged_ops", "state_ops"]
 BACKEND_MODULES = [
     "lightning_chunk",
     "attention_chunk",
@@ -26,6 +26,8 @@ BACKEND_MODULES = [
     "triton_lightning",
     "triton_attention",
     "c_backend",
+    "c_state",
+    "triton_state",
 ]
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 

@@ -7,7 +7,7 @@ Layers are grouped by what their cache needs (archs/state.py specs):
 - "window:W": sliding-window layers of window W. Blocks that fall wholly behind the window are
   freed as the sequence advances (their table entries become -1).
 - "slots": lightning layers: one [H, K, V] state per running sequence and layer, in the storage
-  dtype; no blocks at all.
+  dtype (int8 with its fp32 scales beside it: `StateSlots`); no blocks at all.
 
 The budget is split once, at start: enough slots and window blocks for `max_seqs` sequences
 (fewer when memory is short, but always enough room for one sequence of max_model_len), and
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..archs.state import CompositeSpec, KVSpec, LatentSpec, RecurrentSpec
-from .config import STATE_DTYPES, EngineConfig, parse_memory
+from ..kernels import state_group, stored_state_bytes
+from .config import EngineConfig, parse_memory
 
 PAGED, SLOTS = "paged", "slots"
 
@@ -72,6 +73,41 @@ class BlockPool:
 
 
 @dataclass
+class StateSlots:
+    """One recurrent layer's slots: values [S, H, K, V] in the storage dtype, and for int8 the fp32
+    scales [S, H, K/gk, V/gv] of `group` (kernels/state_ops.py). `seed` is the layer's stream of
+    stochastic-rounding seeds (its index among the recurrent layers)."""
+
+    values: torch.Tensor
+    scales: torch.Tensor | None
+    group: tuple[int, int] | None
+    dtype: str
+    rounding: str
+    seed: int = 0
+
+    @classmethod
+    def allocate(cls, n: int, spec: RecurrentSpec, config: EngineConfig, device) -> StateSlots:
+        from ..kernels.state_ops import STORAGE_DTYPES, scale_shape
+
+        shape = (n, spec.num_heads, spec.key_dim, spec.value_dim)
+        values = torch.zeros(shape, dtype=STORAGE_DTYPES[config.state_dtype], device=device)
+        group = scales = None
+        if config.state_dtype == "int8":
+            group = state_group(spec.key_dim, spec.value_dim, config.state_scales)
+            scales = torch.zeros(scale_shape(shape, group), dtype=torch.float32, device=device)
+        return cls(values, scales, group, config.state_dtype, config.state_rounding)
+
+    def zero(self, slot: int) -> None:
+        self.values[slot].zero_()
+        if self.scales is not None:
+            self.scales[slot].zero_()
+
+    def nbytes(self) -> int:
+        tensors = [self.values] if self.scales is None else [self.values, self.scales]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass
 class Holding:
     """What one request holds: a block table per block group (-1: freed behind the window), a slot."""
 
@@ -84,7 +120,6 @@ class CacheManager:
         """specs: one cache spec per model layer (`mixer.cache_spec()`)."""
         self.config, self.device, self.dtype = config, torch.device(device), dtype
         self.block_size = bs = config.block_size
-        self.state_dtype = STATE_DTYPES[config.state_dtype]
         elem = torch.empty((), dtype=dtype).element_size()
         self.layer_specs = specs
         leaves = [s for spec in specs for s in flat_specs(spec)]
@@ -94,9 +129,10 @@ class CacheManager:
             group = spec_group(s)
             if group != SLOTS:
                 self.token_bytes[group] = self.token_bytes.get(group, 0) + token_bytes(s, elem)
-        state_elem = torch.empty((), dtype=self.state_dtype).element_size()
         self.slot_bytes = sum(
-            s.num_heads * s.key_dim * s.value_dim * state_elem for s in leaves if isinstance(s, RecurrentSpec)
+            stored_state_bytes(s.num_heads, s.key_dim, s.value_dim, config.state_dtype, config.state_scales)
+            for s in leaves
+            if isinstance(s, RecurrentSpec)
         )
         self.windows = {g: int(g.split(":")[1]) for g in self.token_bytes if g != PAGED}
         self.budget = budget = parse_memory(config.cache_memory, self.device)
@@ -126,11 +162,13 @@ class CacheManager:
         self.holdings: dict[str, Holding] = {}
         self.storage = [self._allocate(spec) for spec in specs]  # per layer, mirrors the spec tree
         self._recurrent = [
-            tensor
+            slots
             for spec, store in zip(specs, self.storage, strict=True)
-            for leaf, tensor in zip(flat_specs(spec), _flat_storage(spec, store), strict=True)
+            for leaf, slots in zip(flat_specs(spec), _flat_storage(spec, store), strict=True)
             if isinstance(leaf, RecurrentSpec)
         ]
+        for i, slots in enumerate(self._recurrent):
+            slots.seed = i
 
     # --- storage ---------------------------------------------------------------------------------
     def _allocate(self, spec):
@@ -138,8 +176,7 @@ class CacheManager:
             return [self._allocate(p) for p in spec.parts]
         group, bs = spec_group(spec), self.block_size
         if group == SLOTS:
-            shape = (self.slots.capacity, spec.num_heads, spec.key_dim, spec.value_dim)
-            return torch.zeros(shape, dtype=self.state_dtype, device=self.device)
+            return StateSlots.allocate(self.slots.capacity, spec, self.config, self.device)
         n = self.pools[group].capacity
         if isinstance(spec, LatentSpec):  # [c_kv | k_pe] per token: one page tensor
             return torch.zeros(n, bs, spec.latent_dim + spec.rope_dim, dtype=self.dtype, device=self.device)
@@ -154,6 +191,8 @@ class CacheManager:
         def size(x):
             if isinstance(x, torch.Tensor):
                 return x.numel() * x.element_size()
+            if isinstance(x, StateSlots):
+                return x.nbytes()
             return sum(size(y) for y in x)
 
         return sum(size(s) for s in self.storage)
@@ -178,11 +217,11 @@ class CacheManager:
         if self.slot_bytes:
             holding.slot = self.slots.take(1)[0]
             for layer in self._recurrent:
-                layer[holding.slot].zero_()  # a new sequence starts from the zero state
+                layer.zero(holding.slot)  # a new sequence starts from the zero state
         self.holdings[request_id] = holding
 
-    def recurrent_storage(self) -> list[torch.Tensor]:
-        """The slot tensors [S, H, K, V] of every recurrent layer (or part)."""
+    def recurrent_storage(self) -> list[StateSlots]:
+        """The state slots of every recurrent layer (or part), in layer order."""
         return list(self._recurrent)
 
     def trim(self, request_id: str, start: int) -> None:

@@ -166,7 +166,7 @@ def cmd_bench_crossover(args) -> int:
 def register_serve(sub) -> None:
     from attnlab.cli import positive_int
 
-    from .config import STATE_DTYPES
+    from .config import ROUNDINGS, SCALE_GROUPS, STATE_DTYPES
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (completions, chat, metrics)")
     p.add_argument("path", type=Path, metavar="PATH", help="attnlab run dir or model folder")
@@ -182,7 +182,12 @@ def register_serve(sub) -> None:
     p.add_argument("--max-num-batched-tokens", type=positive_int, default=2048)
     p.add_argument("--max-model-len", type=positive_int, default=None)
     p.add_argument("--block-size", type=positive_int, default=16)
-    p.add_argument("--state-dtype", choices=list(STATE_DTYPES), default="fp32")
+    p.add_argument("--state-dtype", choices=list(STATE_DTYPES), default="fp32",
+                   help="storage of lightning state slots (docs/state_precision.md)")  # fmt: skip
+    p.add_argument("--state-rounding", choices=list(ROUNDINGS), default="nearest",
+                   help="rounding on store for bf16/fp16/int8 states")  # fmt: skip
+    p.add_argument("--state-scales", choices=list(SCALE_GROUPS), default="row",
+                   help="int8 states: one fp32 scale per (head, key row) or per (head, 32x32 block)")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--max-body-bytes", type=positive_int, default=4 * 2**20)
     p.add_argument(
@@ -211,7 +216,8 @@ def cmd_serve(args) -> int:
         serve(
             options, cache_memory=args.cache_memory, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-            block_size=args.block_size, state_dtype=args.state_dtype,
+            block_size=args.block_size, state_dtype=args.state_dtype, state_rounding=args.state_rounding,
+            state_scales=args.state_scales,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         print(f"attnlab serve: error: {e}", file=sys.stderr)

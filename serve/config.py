@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..kernels.state_ops import ROUNDINGS, SCALE_GROUPS, STORAGE_DTYPES
+
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -49,7 +51,12 @@ class EngineConfig:
     max_num_seqs: int = 64  # running sequences at once
     max_num_batched_tokens: int = 2048  # tokens per step: decodes plus prefill chunks
     max_model_len: int | None = None  # prompt + output tokens; default: the model's max positions
-    state_dtype: str = "fp32"  # storage dtype of recurrent (lightning) state slots
+    # Storage of recurrent (lightning) state slots; the update math stays fp32
+    # (docs/state_precision.md). int8 keeps one fp32 scale per (head, key row) or per (head, 32x32
+    # block); rounding on store is to nearest, or stochastic (unbiased).
+    state_dtype: str = "fp32"
+    state_rounding: str = "nearest"
+    state_scales: str = "row"
 
     def __post_init__(self):
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
@@ -61,8 +68,15 @@ class EngineConfig:
         ):
             raise ValueError(f"max_model_len = {self.max_model_len!r}: must be a positive integer or None")
         parse_memory(self.cache_memory, torch.device("cpu"))  # the format, before any model loads
-        if self.state_dtype not in STATE_DTYPES:
-            raise ValueError(f"state_dtype = {self.state_dtype!r}; allowed: {', '.join(STATE_DTYPES)}")
+        for name, allowed in (
+            ("state_dtype", STATE_DTYPES),
+            ("state_rounding", ROUNDINGS),
+            ("state_scales", SCALE_GROUPS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} = {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
+        if self.state_dtype == "fp32" and self.state_rounding != "nearest":
+            raise ValueError("state_rounding = 'stochastic' needs state_dtype bf16, fp16 or int8 (fp32 stores exactly)")
 
 
-STATE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+STATE_DTYPES = STORAGE_DTYPES

@@ -14,8 +14,15 @@ from dataclasses import dataclass
 import torch
 
 from ..archs.state import CompositeSpec, KVSpec, LatentSpec, RecurrentSpec
-from ..kernels import lightning_decode, lightning_prefill, paged_attn_decode, paged_attn_prefill
-from .cache_manager import spec_group
+from ..kernels import (
+    lightning_decode,
+    lightning_prefill,
+    paged_attn_decode,
+    paged_attn_prefill,
+    state_load,
+    state_store,
+)
+from .cache_manager import StateSlots, spec_group
 
 
 @dataclass
@@ -103,31 +110,53 @@ class PagedLatent(EngineState):
 
 
 class SlotRecurrent(EngineState):
-    """Lightning attention on per-sequence state slots [S, H, K, V] (storage dtype; fp32 math)."""
+    """Lightning attention on per-sequence state slots (`StateSlots`): load to fp32, update in fp32,
+    store in the storage dtype (state_load / state_store: rounding and int8 scales are theirs)."""
 
     kind = "recurrent"
 
-    def __init__(self, holder, slots: torch.Tensor):
+    def __init__(self, holder, slots: StateSlots):
         super().__init__(holder)
         self.slots = slots
-        self.storage_dtype = slots.dtype
+        self.storage_dtype = slots.values.dtype
+        self.stores = 0  # stochastic rounding draws a fresh seed for every store
+
+    def load(self, ids: torch.Tensor) -> torch.Tensor:
+        """fp32 states [n, H, K, V] of slots `ids`."""
+        s = self.slots
+        # index_select / index_copy_ move whole [H, K, V] slots (advanced indexing is ~10x slower).
+        values = s.values.index_select(0, ids)
+        if s.scales is None and values.dtype == torch.float32:
+            return values
+        scales = None if s.scales is None else s.scales.index_select(0, ids)
+        return state_load(values, scales, s.group)
+
+    def store(self, ids: torch.Tensor, state: torch.Tensor) -> None:
+        s = self.slots
+        if s.dtype == "fp32":
+            s.values.index_copy_(0, ids, state.to(s.values.dtype))
+            return
+        self.stores += 1
+        seed = (s.seed * 0x632BE5AB + self.stores) & 0xFFFFFFFF
+        values, scales = state_store(state, s.dtype, s.rounding, s.group, seed)
+        s.values.index_copy_(0, ids, values)
+        if scales is not None:
+            s.scales.index_copy_(0, ids, scales)
 
     def attend_linear(self, q, k, v, *, slope, chunk_size):
         step = self.holder.batch
         nd, ids = step.num_decode, step.slot_ids
         outs = []
-        # index_select / index_copy_ move whole [H, K, V] slots (advanced indexing is ~10x slower).
         if nd:
-            state = self.slots.index_select(0, ids[:nd]).float()  # [nd, H, K, V]
-            o, state = lightning_decode(q[0, :nd], k[0, :nd], v[0, :nd], slope, state)
-            self.slots.index_copy_(0, ids[:nd], state.to(self.slots.dtype))
+            o, state = lightning_decode(q[0, :nd], k[0, :nd], v[0, :nd], slope, self.load(ids[:nd]).float())
+            self.store(ids[:nd], state)
             outs.append(o)
         if nd < step.num_tokens:
-            initial = self.slots.index_select(0, ids[nd:]).float()
+            initial = self.load(ids[nd:]).float()
             o, final = lightning_prefill(
                 q[:, nd:], k[:, nd:], v[:, nd:], slope, initial, True, step.cu_prefill, chunk_size
             )
-            self.slots.index_copy_(0, ids[nd:], final.to(self.slots.dtype))
+            self.store(ids[nd:], final)
             outs.append(o[0])
         return (outs[0] if len(outs) == 1 else torch.cat(outs))[None]  # [1, T, H, V]
 

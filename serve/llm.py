@@ -30,7 +30,7 @@ class LLM:
     def __init__(self, model, tokenizer=None, *, device: str | None = None, **engine_options):
         """`model`: a path (attnlab run dir or model folder) or a loaded AttnLabForCausalLM.
         `engine_options`: EngineConfig fields (cache_memory, block_size, max_num_seqs,
-        max_num_batched_tokens, max_model_len, state_dtype)."""
+        max_num_batched_tokens, max_model_len, state_dtype, state_rounding, state_scales)."""
         if isinstance(model, (str, Path)):
             model, loaded_tokenizer = load_for_serving(model, device)
             tokenizer = tokenizer or loaded_tokenizer

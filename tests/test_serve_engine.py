@@ -14,6 +14,7 @@ from variants import VARIANTS, tiny_config
 
 from attnlab import AttnLabForCausalLM
 from attnlab.serve import LLM, EngineConfig, LLMEngine, SamplingParams
+from attnlab.serve.cache_manager import StateSlots
 from attnlab.serve.model_runner import ModelRunner
 
 FAMILIES = {
@@ -280,9 +281,11 @@ def test_bf16_models_serve_with_pages_in_bf16_and_fp32_slots(name):
     outs = llm.generate(prompts((5, 17)), SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
     assert [len(o.token_ids) for o in outs] == [4, 4]
     cache = llm.engine.cache
-    assert all(t.dtype == torch.float32 for t in cache.recurrent_storage())
+    assert all(s.values.dtype == torch.float32 for s in cache.recurrent_storage())
 
     def tensors(x):
+        if isinstance(x, StateSlots):
+            return []
         return [x] if isinstance(x, torch.Tensor) else [t for y in x for t in tensors(y)]
 
     pages = [t for t in tensors(cache.storage) if t.dim() != 4 or t.dtype != torch.float32]
@@ -297,11 +300,11 @@ def test_state_dtype_sets_the_slot_storage_and_its_accounting():
         for d in ("fp32", "bf16")
     }
     assert engines["bf16"].cache.slot_bytes * 2 == engines["fp32"].cache.slot_bytes
-    assert all(t.dtype == torch.bfloat16 for t in engines["bf16"].cache.recurrent_storage())
+    assert all(s.values.dtype == torch.bfloat16 for s in engines["bf16"].cache.recurrent_storage())
     for engine in engines.values():
         engine.add_request(prompts((9,))[0], SamplingParams(max_tokens=4, ignore_eos=True))
         while engine.has_unfinished():
             engine.step()
         assert engine.cache.all_free()
-    with pytest.raises(ValueError, match="state_dtype = 'int4'; allowed: fp32, bf16, fp16"):
+    with pytest.raises(ValueError, match="state_dtype = 'int4'; allowed: fp32, bf16, fp16, int8"):
         EngineConfig(state_dtype="int4")
