@@ -76,6 +76,7 @@ def register(sub) -> None:
                       "with its byte tokenizer, to serve it (and `attnlab convert` it for a peer)")  # fmt: skip
     p.set_defaults(func=cmd_bench_serve)
     register_crossover(bench)
+    register_state_precision(bench)
     register_serve(sub)
 
 
@@ -160,6 +161,56 @@ def cmd_bench_crossover(args) -> int:
         print(f"attnlab bench crossover: error: {e}", file=sys.stderr)
         return 2
     print((opts.out / "crossover.md").read_text())
+    return 0
+
+
+def register_state_precision(bench) -> None:
+    from attnlab.cli import positive_int
+
+    from .state_precision import FORMATS, PrecisionOptions
+
+    d = PrecisionOptions()
+    p = bench.add_parser(
+        "state-precision", help="error growth of bf16/fp16/int8 lightning state storage over decoding"
+    )
+    p.add_argument("--out", type=Path, default=d.out)
+    p.add_argument("--models", type=Path, nargs="*", default=[], metavar="PATH",
+                   help="lightning-bearing LMs (run dirs or model folders); default: train two on the local corpus")  # fmt: skip
+    p.add_argument("--mqar-models", type=Path, nargs="*", default=[], metavar="PATH",
+                   help="MQAR-trained models for the eval accuracy; default: train LL and LF")  # fmt: skip
+    formats = [f for f in FORMATS if f != "fp32"]
+    p.add_argument("--formats", type=_list("formats", formats), default=formats,
+                   help=f"storage formats against fp32 ('+sr': stochastic rounding); default: all of {','.join(formats)}")  # fmt: skip
+    p.add_argument("--steps", type=positive_int, default=d.steps, help="decode steps per sequence")
+    p.add_argument("--sequences", type=positive_int, default=d.sequences, help="text streams per model")
+    p.add_argument("--prefill", type=positive_int, default=d.prefill)
+    p.add_argument("--mqar-lengths", type=_list("lengths", cast=int), default=d.mqar_lengths)
+    p.add_argument("--mqar-hops", type=_list("hops", cast=int), default=d.mqar_hops)
+    p.add_argument("--mqar-samples", type=positive_int, default=d.mqar_samples)
+    p.add_argument("--train-steps", type=positive_int, default=d.train_steps,
+                   help="steps of the default LMs when --models is not given")  # fmt: skip
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.set_defaults(func=cmd_bench_state_precision)
+
+
+def cmd_bench_state_precision(args) -> int:
+    from .state_precision import PrecisionOptions, run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    opts = PrecisionOptions(
+        out=args.out, models=args.models, mqar_models=args.mqar_models, formats=args.formats,
+        steps=args.steps, sequences=args.sequences, prefill=args.prefill, mqar_lengths=args.mqar_lengths,
+        mqar_hops=args.mqar_hops, mqar_samples=args.mqar_samples, train_steps=args.train_steps,
+    )  # fmt: skip
+    print(f"attnlab bench state-precision: {', '.join(opts.formats)} over {opts.steps} steps -> {opts.out}",
+          flush=True)  # fmt: skip
+    try:
+        run(opts)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"attnlab bench state-precision: error: {e}", file=sys.stderr)
+        return 2
+    print((opts.out / "state_precision.md").read_text())
     return 0
 
 

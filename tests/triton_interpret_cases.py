@@ -152,3 +152,22 @@ def test_paged_decode_mla_views_of_one_latent_buffer():
             torch.tensor([7, 16, 2], dtype=torch.int32))  # fmt: skip
     o = paged_attn_decode(*args, scale=0.3, backend="triton")
     assert_all_close([o], [paged_attn_decode(*args, scale=0.3, backend="torch")])
+
+
+@pytest.mark.parametrize(
+    "dtype, rounding, group",
+    [("bf16", "nearest", None), ("bf16", "stochastic", None), ("fp16", "nearest", None),
+     ("fp16", "stochastic", None), ("int8", "nearest", (1, 24)), ("int8", "stochastic", (4, 8))],
+)  # fmt: skip
+def test_state_store_and_load_equal_the_reference_bit_for_bit(dtype, rounding, group):
+    from attnlab.kernels import state_load, state_store
+
+    # K = 12, V = 24 (off powers of two); rows of very different magnitude, one beyond fp16's range.
+    x = rand(3, 2, 12, 24, seed=7) * torch.exp(rand(3, 2, 12, 1, seed=8) * 2)
+    x[0, 0, 0, 0] = 1e5
+    ref = state_store(x, dtype, rounding, group, 99, backend="torch")
+    out = state_store(x, dtype, rounding, group, 99, backend="triton")
+    assert torch.equal(out[0].view(torch.uint8), ref[0].view(torch.uint8))
+    assert (ref[1] is None and out[1] is None) or torch.equal(out[1], ref[1])
+    loaded = state_load(*out, group, backend="triton")
+    assert torch.equal(loaded, state_load(*ref, group, backend="torch"))

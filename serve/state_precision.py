@@ -1,0 +1,301 @@
+"""`attnlab bench state-precision`: how the error of a low-precision lightning state grows as
+decoding goes on (docs/state_precision.md).
+
+For each storage format (bf16, fp16, int8 with row or block scales; nearest or stochastic
+rounding) an engine runs in lockstep with an fp32 one over the same text, teacher-forced one token
+per step through the engine's slots (serve/teacher_forcing.py), so every step stores the state as
+serving does. Per decode step, against the fp32 run: relative error of the states (all recurrent
+layers), KL(p_fp32 || p_format) and max |logit difference|, and whether the greedy token differs.
+Then, on MQAR-trained models, the eval's chain accuracy by length with each format, every token
+fed as a decode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import EngineConfig
+from .engine import LLMEngine
+from .teacher_forcing import TeacherForcer
+
+# name -> EngineConfig fields. "+sr": stochastic rounding on store.
+FORMATS = {
+    "fp32": {"state_dtype": "fp32"},
+    "bf16": {"state_dtype": "bf16"},
+    "bf16+sr": {"state_dtype": "bf16", "state_rounding": "stochastic"},
+    "fp16": {"state_dtype": "fp16"},
+    "fp16+sr": {"state_dtype": "fp16", "state_rounding": "stochastic"},
+    "int8-row": {"state_dtype": "int8", "state_scales": "row"},
+    "int8-row+sr": {"state_dtype": "int8", "state_scales": "row", "state_rounding": "stochastic"},
+    "int8-block": {"state_dtype": "int8", "state_scales": "block"},
+    "int8-block+sr": {"state_dtype": "int8", "state_scales": "block", "state_rounding": "stochastic"},
+}
+REPORT_STEPS = (1024, 4096, 16384)
+
+
+@dataclass
+class PrecisionOptions:
+    out: Path = Path("runs/state_precision")
+    models: list[Path] = field(default_factory=list)  # LMs (lightning-bearing); empty: train the defaults
+    mqar_models: list[Path] = field(default_factory=list)  # MQAR-trained, for the eval accuracy
+    formats: list[str] = field(default_factory=lambda: [f for f in FORMATS if f != "fp32"])
+    steps: int = 16384
+    sequences: int = 4
+    prefill: int = 16
+    mqar_lengths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    mqar_hops: list[int] = field(default_factory=lambda: [1, 2])
+    mqar_samples: int = 64
+    train_steps: int = 500  # for the default models
+    seed: int = 0
+
+    def check(self) -> None:
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            raise ValueError(f"--formats {unknown or '(none)'}: allowed: {', '.join(FORMATS)}")
+        for name in ("steps", "sequences", "prefill", "mqar_samples", "train_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be positive")
+        for path in [*self.models, *self.mqar_models]:
+            if not Path(path).exists():
+                raise ValueError(f"model path {path}: does not exist")
+
+
+# --- the decode study -----------------------------------------------------------------------------
+
+
+def text_streams(tokenizer, n: int, length: int) -> list[list[int]]:
+    """n token streams of `length` from the Python standard library's sources (the local corpus),
+    taken from its last files (the ones a default 1% validation split holds out), one per file run."""
+    from ..train.corpus import stdlib_sources
+
+    files = stdlib_sources()[::-1]
+    streams, buffer = [], []
+    for path in files:
+        text = Path(path).read_text(errors="replace")
+        buffer.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if len(buffer) >= length:
+            streams.append(buffer[:length])
+            buffer = []
+            if len(streams) == n:
+                return streams
+    raise ValueError(f"the local corpus holds fewer than {n} streams of {length} tokens")
+
+
+def _engine(model, fmt: str, length: int, sequences: int) -> LLMEngine:
+    config = EngineConfig(
+        cache_memory="4GiB", max_model_len=length, max_num_seqs=sequences, max_num_batched_tokens=max(2048, sequences * 16),
+        **FORMATS[fmt],
+    )
+    return LLMEngine(model, None, config)
+
+
+def _kl(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref || p) per row [N]."""
+    ref, cur = torch.log_softmax(ref_logits, -1), torch.log_softmax(logits, -1)
+    return (ref.exp() * (ref - cur)).sum(-1).clamp_min(0)
+
+
+def decode_study(model, streams: list[list[int]], formats: list[str], prefill: int, progress=None) -> dict:
+    """Lockstep decode of `streams` with fp32 and each format -> per-format per-step curves."""
+    length, n = len(streams[0]), len(streams)
+    names = ["fp32", *formats]
+    forcers = {f: TeacherForcer(_engine(model, f, length, n), streams, prefill) for f in names}
+    curves = {f: {"state_rel": [], "kl": [], "max_abs": [], "mismatch": []} for f in formats}
+    seconds = dict.fromkeys(names, 0.0)
+    try:
+        step = 0
+        while not forcers["fp32"].done:
+            logits = {}
+            for f, forcer in forcers.items():
+                t0 = time.perf_counter()
+                logits[f] = forcer.step()
+                seconds[f] += time.perf_counter() - t0
+            ref_states = forcers["fp32"].states()
+            ref_norm = sum(s.square().sum(dim=(1, 2, 3)) for s in ref_states).sqrt()  # [N]
+            for f in formats:
+                diff = sum((a - b).square().sum(dim=(1, 2, 3)) for a, b in zip(forcers[f].states(), ref_states))
+                c = curves[f]
+                c["state_rel"].append((diff.sqrt() / ref_norm.clamp_min(1e-30)).mean().item())
+                c["kl"].append(_kl(logits["fp32"], logits[f]).mean().item())
+                c["max_abs"].append((logits[f] - logits["fp32"]).abs().max().item())
+                c["mismatch"].append((logits[f].argmax(-1) != logits["fp32"].argmax(-1)).tolist())
+            step += 1
+            if progress is not None:
+                progress(step)
+    finally:
+        for forcer in forcers.values():
+            forcer.close()
+    decode_steps = length - prefill
+    return {
+        "curves": curves,
+        "tokens_per_s": {f: (decode_steps + 1) * n / s for f, s in seconds.items()},
+    }
+
+
+def first_divergence(mismatch: list[list[bool]]) -> list[int | None]:
+    """Per sequence: the first step (1-based) whose greedy token differs from fp32's, or None."""
+    n = len(mismatch[0]) if mismatch else 0
+    out: list[int | None] = [None] * n
+    for step, row in enumerate(mismatch, start=1):
+        for i, differs in enumerate(row):
+            if differs and out[i] is None:
+                out[i] = step
+    return out
+
+
+def summarise(curves: dict, steps: int) -> dict:
+    """Window means over (t/2, t] at each report step, plus the first divergence per sequence."""
+    out = {}
+    for fmt, c in curves.items():
+        at = {}
+        for t in (*REPORT_STEPS, steps):
+            if t > len(c["kl"]):
+                continue
+            lo = t // 2
+            at[str(t)] = {
+                key: sum(c[key][lo:t]) / max(1, t - lo) for key in ("state_rel", "kl", "max_abs")
+            } | {"mismatch_rate": sum(sum(r) for r in c["mismatch"][lo:t]) / max(1, (t - lo) * len(c["mismatch"][0]))}
+        out[fmt] = {"at": at, "first_divergence": first_divergence(c["mismatch"])}
+    return out
+
+
+# --- the eval: MQAR chain accuracy with every token stored -----------------------------------------
+
+
+class EngineScorer(torch.nn.Module):
+    """Looks like a model to `evals.token_tasks.chain_accuracy`: logits [B, T, V] of a batch, every
+    token fed through the engine as a decode (so each token's state is stored in the format)."""
+
+    def __init__(self, model, fmt: str, length: int, batch: int):
+        super().__init__()
+        self.model = model  # its parameters tell chain_accuracy the device
+        self.engine = _engine(model, fmt, length, batch)
+
+    def forward(self, input_ids, use_cache=False):
+        forcer = TeacherForcer(self.engine, input_ids.tolist(), prefill=1)
+        try:
+            rows = []
+            while not forcer.done:
+                rows.append(forcer.step())
+        finally:
+            forcer.close()
+        return type("Out", (), {"logits": torch.stack(rows, 1)})()  # [B, T, V]
+
+
+def mqar_accuracy(path: Path, formats: list[str], lengths: list[int], hops: list[int], samples: int, seed: int):
+    from ..evals.loading import load_model, training_mqar_options
+    from ..evals.token_tasks import chain_accuracy, mqar_cell
+
+    model, _, model_dir = load_model(path, "cpu")
+    options = training_mqar_options(path, model_dir)
+    rows = []
+    for length in lengths:
+        for h in hops:
+            try:
+                ids, labels, _ = mqar_cell(model.config.vocab_size, length, h, samples, seed, **options)
+            except ValueError as err:
+                rows.append({"length": length, "hops": h, "skipped": str(err)})
+                continue
+            row = {"length": length, "hops": h}
+            for fmt in ["fp32", *formats]:
+                scorer = EngineScorer(model, fmt, length, min(samples, 16))
+                with torch.inference_mode():
+                    row[fmt] = chain_accuracy(scorer, ids, labels, h, min(samples, 16))["chain"]
+            rows.append(row)
+    return rows
+
+
+# --- default models ------------------------------------------------------------------------------
+
+DEFAULT_LMS = {"lightning": "LLLL", "hybrid-3to1": "LLLF"}
+DEFAULT_MQAR = {"mqar-lightning": "LL", "mqar-hybrid": "LF"}
+
+
+def train_defaults(out: Path, steps: int) -> tuple[list[Path], list[Path]]:
+    """Train (or reuse) the default models under out/models: two byte-level LMs on the local corpus
+    (configs/train/stdlib_lm.yaml: 4 lightning layers, and MiniMax's 3:1 order LLLF) and two MQAR
+    models (configs/train/mqar.yaml: LL and LF)."""
+    from importlib import resources
+
+    from ..train.config import parse_args
+    from ..train.run import train
+
+    configs = Path(str(resources.files("attnlab.configs").joinpath("train")))
+    made = {}
+    for name, layers in {**DEFAULT_LMS, **DEFAULT_MQAR}.items():
+        run_dir = out / "models" / name
+        made[name] = run_dir
+        if (run_dir / "hf" / "config.json").exists():
+            continue
+        config = configs / ("mqar.yaml" if name.startswith("mqar") else "stdlib_lm.yaml")
+        words = ["--config", str(config), "--model.layers", layers, "--run_dir", str(run_dir)]
+        if not name.startswith("mqar"):
+            words += ["--trainer.max_steps", str(steps)]
+        cfg, _ = parse_args(words)
+        result = train(cfg)
+        if result["status"] != "finished":
+            raise RuntimeError(f"training the default model {name} stopped: {result.get('message')}")
+    return [made[n] for n in DEFAULT_LMS], [made[n] for n in DEFAULT_MQAR]
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+
+def run(opts: PrecisionOptions) -> dict:
+    from ..evals.loading import load_model
+
+    opts.check()
+    opts.out.mkdir(parents=True, exist_ok=True)
+    models, mqar_models = opts.models, opts.mqar_models
+    if not models:
+        models, trained_mqar = train_defaults(opts.out, opts.train_steps)
+        mqar_models = mqar_models or trained_mqar
+    torch.manual_seed(opts.seed)
+    results = {"options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}}
+    results["options"]["models"] = [str(m) for m in models]
+    results["options"]["mqar_models"] = [str(m) for m in mqar_models]
+    results["decode"] = {}
+    length = opts.steps + opts.prefill
+    for path in models:
+        model, tokenizer, _ = load_model(path, "cpu")
+        if tokenizer is None:
+            raise ValueError(f"model {path}: has no tokenizer; the decode study needs a language model")
+        streams = text_streams(tokenizer, opts.sequences, length)
+        t0 = time.perf_counter()
+        study = decode_study(model, streams, opts.formats, opts.prefill)
+        bytes_per_seq = {
+            f: model.state_bytes(length, model.dtype, FORMATS[f]["state_dtype"], FORMATS[f].get("state_scales", "row"))
+            for f in ["fp32", *opts.formats]
+        }
+        results["decode"][Path(path).name] = {
+            "layers": model.config.layers,
+            "summary": summarise(study["curves"], opts.steps),
+            "tokens_per_s": study["tokens_per_s"],
+            "state_bytes_per_seq": bytes_per_seq,
+            "seconds": time.perf_counter() - t0,
+        }
+        _plot_data = results.setdefault("_curves", {})
+        _plot_data[Path(path).name] = study["curves"]
+    results["mqar"] = {
+        Path(p).name: mqar_accuracy(p, opts.formats, opts.mqar_lengths, opts.mqar_hops, opts.mqar_samples, opts.seed)
+        for p in mqar_models
+    }
+    curves = results.pop("_curves")
+    from .state_precision_report import markdown, plot
+
+    plot(curves, opts.out / "state_precision.png")
+    (opts.out / "state_precision.json").write_text(json.dumps(results, indent=1))
+    (opts.out / "state_precision.md").write_text(markdown(results))
+    return results
+
+
+def geometric_bins(n: int, per_octave: int = 4) -> list[tuple[int, int]]:
+    """[(lo, hi)) index ranges covering 0..n with geometrically growing width (for log-x plots)."""
+    edges = sorted({0, *(min(n, int(round(2 ** (i / per_octave)))) for i in range(int(math.log2(max(n, 1)) * per_octave) + 2)), n})
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
