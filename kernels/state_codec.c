@@ -37,41 +37,59 @@ int state_store_f32(const float *state, void *values, float *scales, int64_t n, 
         const float lim = dtype == BF16 ? 3.38953139e38f : 65504.0f;
         const int mantissa = dtype == BF16 ? 7 : 10, e_min = dtype == BF16 ? -119 : -14;
         uint16_t *out = (uint16_t *)values;
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t i = 0; i < total; i++) {
-            float x = clampf(state[i], lim);
-            if (stochastic) {
+        // One loop per case, branch-free inside, so each vectorizes.
+        if (stochastic) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (total > 65536)
+            for (int64_t i = 0; i < total; i++) {
+                float x = clampf(state[i], lim);
                 float ulp = grid_step(x, mantissa, e_min);
                 x = clampf(floorf(x / ulp + hash_u(seed, (uint64_t)i)) * ulp, lim);
+                if (dtype == BF16) {
+                    out[i] = (uint16_t)(bits_of(x) >> 16);  // exact: x is on bf16's grid
+                } else {
+                    _Float16 f = (_Float16)x;
+                    memcpy(&out[i], &f, 2);
+                }
             }
-            if (dtype == BF16) {
-                uint32_t b = bits_of(x);
+        } else if (dtype == BF16) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (total > 65536)
+            for (int64_t i = 0; i < total; i++) {
+                uint32_t b = bits_of(clampf(state[i], lim));
                 out[i] = (uint16_t)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);  // round to nearest even
-            } else {
-                _Float16 f = (_Float16)x;
-                memcpy(&out[i], &f, 2);
             }
+        } else {
+            _Float16 *half = (_Float16 *)values;
+#pragma omp parallel for num_threads(threads) schedule(static) if (total > 65536)
+            for (int64_t i = 0; i < total; i++) half[i] = (_Float16)clampf(state[i], lim);
         }
         return 0;
     }
     if (dtype != INT8) return 1;
     int8_t *out = (int8_t *)values;
     const int64_t kb = k / gk, vb = v / gv, groups = n * h * kb * vb;
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(static) if (groups * gk * gv > 65536)
     for (int64_t g = 0; g < groups; g++) {
         const int64_t nh = g / (kb * vb), r0 = (g / vb) % kb * gk, c0 = g % vb * gv;
-        const int64_t base = nh * k * v;
+        const float *src = state + nh * k * v + r0 * v + c0;
         float amax = 0.0f;
-        for (int64_t r = r0; r < r0 + gk; r++)
-            for (int64_t c = c0; c < c0 + gv; c++) amax = fmaxf(amax, fabsf(state[base + r * v + c]));
+        for (int64_t r = 0; r < gk; r++)
+            for (int64_t c = 0; c < gv; c++) {
+                const float a = fabsf(src[r * v + c]);
+                amax = a > amax ? a : amax;
+            }
         const float scale = amax / 127.0f, safe = scale > 0.0f ? scale : 1.0f;
         scales[g] = scale;
-        for (int64_t r = r0; r < r0 + gk; r++)
-            for (int64_t c = c0; c < c0 + gv; c++) {
-                const int64_t i = base + r * v + c;
-                float y = floorf(state[i] / safe + (stochastic ? hash_u(seed, (uint64_t)i) : 0.5f));
-                out[i] = (int8_t)clampf(y, 127.0f);
+        const int64_t base = src - state;
+        for (int64_t r = 0; r < gk; r++) {
+            const float *x = src + r * v;
+            int8_t *q = out + base + r * v;
+            if (stochastic) {
+                for (int64_t c = 0; c < gv; c++)
+                    q[c] = (int8_t)clampf(floorf(x[c] / safe + hash_u(seed, (uint64_t)(base + r * v + c))), 127.0f);
+            } else {
+                for (int64_t c = 0; c < gv; c++) q[c] = (int8_t)clampf(floorf(x[c] / safe + 0.5f), 127.0f);
             }
+        }
     }
     return 0;
 }
@@ -79,27 +97,32 @@ int state_store_f32(const float *state, void *values, float *scales, int64_t n, 
 int state_load_f32(const void *values, const float *scales, float *state, int64_t n, int64_t h,
                    int64_t k, int64_t v, int64_t gk, int64_t gv, int dtype, int threads) {
     const int64_t total = n * h * k * v;
-    if (dtype == BF16 || dtype == FP16) {
+    if (dtype == BF16) {
         const uint16_t *in = (const uint16_t *)values;
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t i = 0; i < total; i++) {
-            if (dtype == BF16) {
-                state[i] = float_of((uint32_t)in[i] << 16);
-            } else {
-                _Float16 f;
-                memcpy(&f, &in[i], 2);
-                state[i] = (float)f;
-            }
-        }
+        uint32_t *out = (uint32_t *)state;
+#pragma omp parallel for num_threads(threads) schedule(static) if (total > 65536)
+        for (int64_t i = 0; i < total; i++) out[i] = (uint32_t)in[i] << 16;
+        return 0;
+    }
+    if (dtype == FP16) {
+        const _Float16 *in = (const _Float16 *)values;
+#pragma omp parallel for num_threads(threads) schedule(static) if (total > 65536)
+        for (int64_t i = 0; i < total; i++) state[i] = (float)in[i];
         return 0;
     }
     if (dtype != INT8) return 1;
     const int8_t *in = (const int8_t *)values;
-    const int64_t kb = k / gk, vb = v / gv;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < total; i++) {
-        const int64_t c = i % v, r = i / v % k, nh = i / (k * v);
-        state[i] = (float)in[i] * scales[(nh * kb + r / gk) * vb + c / gv];
+    const int64_t kb = k / gk, vb = v / gv, rows = n * h * k;
+#pragma omp parallel for num_threads(threads) schedule(static) if (total > 65536)
+    for (int64_t row = 0; row < rows; row++) {  // one key row: V entries, V / gv scales
+        const int64_t nh = row / k, r = row % k;
+        const float *s = scales + (nh * kb + r / gk) * vb;
+        const int8_t *src = in + row * v;
+        float *dst = state + row * v;
+        for (int64_t cb = 0; cb < vb; cb++) {
+            const float sc = s[cb];
+            for (int64_t c = cb * gv; c < (cb + 1) * gv; c++) dst[c] = (float)src[c] * sc;
+        }
     }
     return 0;
 }

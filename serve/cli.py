@@ -189,19 +189,18 @@ def register_state_precision(bench) -> None:
     p.add_argument("--mqar-samples", type=positive_int, default=d.mqar_samples)
     p.add_argument("--train-steps", type=positive_int, default=d.train_steps,
                    help="steps of the default LMs when --models is not given")  # fmt: skip
-    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--jobs", type=positive_int, default=d.jobs,
+                   help="models studied at once, one process each (the cores are split between them)")  # fmt: skip
     p.set_defaults(func=cmd_bench_state_precision)
 
 
 def cmd_bench_state_precision(args) -> int:
     from .state_precision import PrecisionOptions, run
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     opts = PrecisionOptions(
         out=args.out, models=args.models, mqar_models=args.mqar_models, formats=args.formats,
         steps=args.steps, sequences=args.sequences, prefill=args.prefill, mqar_lengths=args.mqar_lengths,
-        mqar_hops=args.mqar_hops, mqar_samples=args.mqar_samples, train_steps=args.train_steps,
+        mqar_hops=args.mqar_hops, mqar_samples=args.mqar_samples, train_steps=args.train_steps, jobs=args.jobs,
     )  # fmt: skip
     print(f"attnlab bench state-precision: {', '.join(opts.formats)} over {opts.steps} steps -> {opts.out}",
           flush=True)  # fmt: skip

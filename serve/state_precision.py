@@ -37,6 +37,7 @@ FORMATS = {
     "int8-block+sr": {"state_dtype": "int8", "state_scales": "block", "state_rounding": "stochastic"},
 }
 REPORT_STEPS = (1024, 4096, 16384)
+STATE_EVERY = 8  # after step 512, state errors are read every 8th step (NaN between)
 
 
 @dataclass
@@ -52,13 +53,14 @@ class PrecisionOptions:
     mqar_hops: list[int] = field(default_factory=lambda: [1, 2])
     mqar_samples: int = 64
     train_steps: int = 500  # for the default models
+    jobs: int = 2  # models studied at once, each in its own process (threads split between them)
     seed: int = 0
 
     def check(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown or not self.formats:
             raise ValueError(f"--formats {unknown or '(none)'}: allowed: {', '.join(FORMATS)}")
-        for name in ("steps", "sequences", "prefill", "mqar_samples", "train_steps"):
+        for name in ("steps", "sequences", "prefill", "mqar_samples", "train_steps", "jobs"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be positive")
         for path in [*self.models, *self.mqar_models]:
@@ -116,16 +118,24 @@ def decode_study(model, streams: list[list[int]], formats: list[str], prefill: i
                 t0 = time.perf_counter()
                 logits[f] = forcer.step()
                 seconds[f] += time.perf_counter() - t0
-            ref_states = forcers["fp32"].states()
-            ref_norm = sum(s.square().sum(dim=(1, 2, 3)) for s in ref_states).sqrt()  # [N]
+            step += 1
+            # States every step early on, then every STATE_EVERY-th (reading 9 engines' states is
+            # the study's own cost, not serving's); logits every step.
+            ref_states = forcers["fp32"].states() if step <= 512 or step % STATE_EVERY == 0 else None
+            if ref_states is not None:
+                ref_norm = sum(s.square().sum(dim=(1, 2, 3)) for s in ref_states).sqrt()  # [N]
             for f in formats:
-                diff = sum((a - b).square().sum(dim=(1, 2, 3)) for a, b in zip(forcers[f].states(), ref_states))
                 c = curves[f]
-                c["state_rel"].append((diff.sqrt() / ref_norm.clamp_min(1e-30)).mean().item())
+                rel = math.nan
+                if ref_states is not None:
+                    diff = sum(
+                        (a - b).square().sum(dim=(1, 2, 3)) for a, b in zip(forcers[f].states(), ref_states, strict=True)
+                    )
+                    rel = (diff.sqrt() / ref_norm.clamp_min(1e-30)).mean().item()
+                c["state_rel"].append(rel)
                 c["kl"].append(_kl(logits["fp32"], logits[f]).mean().item())
                 c["max_abs"].append((logits[f] - logits["fp32"]).abs().max().item())
                 c["mismatch"].append((logits[f].argmax(-1) != logits["fp32"].argmax(-1)).tolist())
-            step += 1
             if progress is not None:
                 progress(step)
     finally:
@@ -136,6 +146,11 @@ def decode_study(model, streams: list[list[int]], formats: list[str], prefill: i
         "curves": curves,
         "tokens_per_s": {f: (decode_steps + 1) * n / s for f, s in seconds.items()},
     }
+
+
+def nanmean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else math.nan
 
 
 def first_divergence(mismatch: list[list[bool]]) -> list[int | None]:
@@ -158,9 +173,9 @@ def summarise(curves: dict, steps: int) -> dict:
             if t > len(c["kl"]):
                 continue
             lo = t // 2
-            at[str(t)] = {
-                key: sum(c[key][lo:t]) / max(1, t - lo) for key in ("state_rel", "kl", "max_abs")
-            } | {"mismatch_rate": sum(sum(r) for r in c["mismatch"][lo:t]) / max(1, (t - lo) * len(c["mismatch"][0]))}
+            at[str(t)] = {key: nanmean(c[key][lo:t]) for key in ("state_rel", "kl", "max_abs")}
+            rows = c["mismatch"][lo:t]
+            at[str(t)]["mismatch_rate"] = sum(map(sum, rows)) / max(1, len(rows) * len(rows[0]))
         out[fmt] = {"at": at, "first_divergence": first_divergence(c["mismatch"])}
     return out
 
@@ -247,8 +262,43 @@ def train_defaults(out: Path, steps: int) -> tuple[list[Path], list[Path]]:
 # --- the run ---------------------------------------------------------------------------------------
 
 
-def run(opts: PrecisionOptions) -> dict:
+def _decode_job(path: Path, opts: PrecisionOptions, threads: int) -> tuple[dict, dict]:
+    """One model's decode study (in a worker process) -> (its results entry, its curves)."""
     from ..evals.loading import load_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(opts.seed)
+    model, tokenizer, _ = load_model(path, "cpu")
+    if tokenizer is None:
+        raise ValueError(f"model {path}: has no tokenizer; the decode study needs a language model")
+    length = opts.steps + opts.prefill
+    streams = text_streams(tokenizer, opts.sequences, length)
+    t0 = time.perf_counter()
+    study = decode_study(model, streams, opts.formats, opts.prefill)
+    bytes_per_seq = {
+        f: model.state_bytes(length, model.dtype, FORMATS[f]["state_dtype"], FORMATS[f].get("state_scales", "row"))
+        for f in ["fp32", *opts.formats]
+    }
+    entry = {
+        "layers": model.config.layers,
+        "summary": summarise(study["curves"], opts.steps),
+        "tokens_per_s": study["tokens_per_s"],
+        "state_bytes_per_seq": bytes_per_seq,
+        "seconds": time.perf_counter() - t0,
+    }
+    return entry, study["curves"]
+
+
+def _mqar_job(path: Path, opts: PrecisionOptions, threads: int) -> list[dict]:
+    torch.set_num_threads(threads)
+    return mqar_accuracy(path, opts.formats, opts.mqar_lengths, opts.mqar_hops, opts.mqar_samples, opts.seed)
+
+
+def run(opts: PrecisionOptions) -> dict:
+    """Every model's study, `opts.jobs` models at a time in worker processes; writes the report."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
 
     opts.check()
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -256,37 +306,26 @@ def run(opts: PrecisionOptions) -> dict:
     if not models:
         models, trained_mqar = train_defaults(opts.out, opts.train_steps)
         mqar_models = mqar_models or trained_mqar
-    torch.manual_seed(opts.seed)
     results = {"options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()}}
     results["options"]["models"] = [str(m) for m in models]
     results["options"]["mqar_models"] = [str(m) for m in mqar_models]
-    results["decode"] = {}
-    length = opts.steps + opts.prefill
-    for path in models:
-        model, tokenizer, _ = load_model(path, "cpu")
-        if tokenizer is None:
-            raise ValueError(f"model {path}: has no tokenizer; the decode study needs a language model")
-        streams = text_streams(tokenizer, opts.sequences, length)
-        t0 = time.perf_counter()
-        study = decode_study(model, streams, opts.formats, opts.prefill)
-        bytes_per_seq = {
-            f: model.state_bytes(length, model.dtype, FORMATS[f]["state_dtype"], FORMATS[f].get("state_scales", "row"))
-            for f in ["fp32", *opts.formats]
-        }
-        results["decode"][Path(path).name] = {
-            "layers": model.config.layers,
-            "summary": summarise(study["curves"], opts.steps),
-            "tokens_per_s": study["tokens_per_s"],
-            "state_bytes_per_seq": bytes_per_seq,
-            "seconds": time.perf_counter() - t0,
-        }
-        _plot_data = results.setdefault("_curves", {})
-        _plot_data[Path(path).name] = study["curves"]
-    results["mqar"] = {
-        Path(p).name: mqar_accuracy(p, opts.formats, opts.mqar_lengths, opts.mqar_hops, opts.mqar_samples, opts.seed)
-        for p in mqar_models
-    }
-    curves = results.pop("_curves")
+    threads = max(1, (os.cpu_count() or 1) // opts.jobs)
+    jobs = [("decode", p) for p in models] + [("mqar", p) for p in mqar_models]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=opts.jobs, mp_context=context) as pool:
+        futures = [
+            pool.submit(_decode_job if kind == "decode" else _mqar_job, Path(p), opts, threads) for kind, p in jobs
+        ]
+        done = [f.result() for f in futures]
+    results["decode"], results["mqar"], curves = {}, {}, {}
+    for (kind, p), out in zip(jobs, done, strict=True):
+        table = results[kind]
+        name = Path(p).name
+        name = name if name not in table else f"{name} ({len(table) + 1})"  # two paths, one folder name
+        if kind == "decode":
+            table[name], curves[name] = out
+        else:
+            table[name] = out
     from .state_precision_report import markdown, plot
 
     plot(curves, opts.out / "state_precision.png")

@@ -117,7 +117,7 @@ def plot(curves: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .state_precision import geometric_bins
+    from .state_precision import geometric_bins, nanmean
 
     models = list(curves)
     fig, axes = plt.subplots(len(models), 3, figsize=(15, 4 * len(models)), squeeze=False)
@@ -128,8 +128,8 @@ def plot(curves: dict, path: Path) -> None:
                 values = curve[key]
                 xs, ys = [], []
                 for lo, hi in geometric_bins(len(values)):
-                    mean = sum(values[lo:hi]) / (hi - lo)
-                    if mean > 0:
+                    mean = nanmean(values[lo:hi])
+                    if mean > 0:  # NaN (no sample in the bin) and exact zeros have no log
                         xs.append(hi)
                         ys.append(mean)
                 ax.plot(xs, ys, label=fmt, linestyle="--" if fmt.endswith("+sr") else "-")
