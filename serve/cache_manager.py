@@ -25,6 +25,7 @@ import torch
 
 from ..archs.state import CompositeSpec, KVSpec, LatentSpec, RecurrentSpec
 from ..kernels import state_group, stored_state_bytes
+from ..kernels.state_ops import STORAGE_DTYPES, scale_shape
 from .config import EngineConfig, parse_memory
 
 PAGED, SLOTS = "paged", "slots"
@@ -87,8 +88,6 @@ class StateSlots:
 
     @classmethod
     def allocate(cls, n: int, spec: RecurrentSpec, config: EngineConfig, device) -> StateSlots:
-        from ..kernels.state_ops import STORAGE_DTYPES, scale_shape
-
         shape = (n, spec.num_heads, spec.key_dim, spec.value_dim)
         values = torch.zeros(shape, dtype=STORAGE_DTYPES[config.state_dtype], device=device)
         group = scales = None

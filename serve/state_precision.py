@@ -90,10 +90,14 @@ def text_streams(tokenizer, n: int, length: int) -> list[list[int]]:
 
 
 def _engine(model, fmt: str, length: int, sequences: int) -> LLMEngine:
+    """An engine whose cache holds `sequences` sequences of `length` tokens and little more (the
+    study runs nine engines at once; the cache manager allocates its whole budget up front)."""
+    f = FORMATS[fmt]
+    per_seq = model.state_bytes(length + 64, model.dtype, f["state_dtype"], f.get("state_scales", "row"))
     config = EngineConfig(
-        cache_memory="4GiB", max_model_len=length, max_num_seqs=sequences, max_num_batched_tokens=max(2048, sequences * 16),
-        **FORMATS[fmt],
-    )
+        cache_memory=int(sequences * per_seq * 1.25) + 2**23, max_model_len=length, max_num_seqs=sequences,
+        max_num_batched_tokens=max(2048, sequences * 16), **f,
+    )  # fmt: skip
     return LLMEngine(model, None, config)
 
 
