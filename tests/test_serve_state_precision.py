@@ -66,6 +66,22 @@ def test_fp32_storage_is_the_exact_path(name):
         forcer.close()
 
 
+def test_fp32_storage_never_rounds(monkeypatch):
+    """fp32 slots are read and written as they are: the store/load ops are not even called, so the
+    fp32 engine's outputs are the ones it had before low-precision storage existed."""
+    import attnlab.serve.layer_states as layer_states
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fp32 storage must not go through state_store / state_load")
+
+    monkeypatch.setattr(layer_states, "state_store", refuse)
+    monkeypatch.setattr(layer_states, "state_load", refuse)
+    model = build("hybrid-3to1")
+    forced_logits(model, "fp32", prompts((20, 20)))
+    with pytest.raises(AssertionError, match="must not go through"):
+        forced_logits(model, "bf16", prompts((20, 20)))
+
+
 @pytest.mark.parametrize("name", list(LIGHTNING))
 @pytest.mark.parametrize("fmt", ["bf16", "fp16+sr", "int8-row", "int8-block+sr"])
 def test_low_precision_storage_runs_with_hand_sized_slots(name, fmt):
