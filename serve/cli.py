@@ -177,7 +177,7 @@ def register_state_precision(bench) -> None:
     p.add_argument("--models", type=Path, nargs="*", default=[], metavar="PATH",
                    help="lightning-bearing LMs (run dirs or model folders); default: train two on the local corpus")  # fmt: skip
     p.add_argument("--mqar-models", type=Path, nargs="*", default=[], metavar="PATH",
-                   help="MQAR-trained models for the eval accuracy; default: train LL and LF")  # fmt: skip
+                   help="MQAR-trained models for the eval accuracy; default: train configs/train/khop_mqar.yaml (FL)")  # fmt: skip
     formats = [f for f in FORMATS if f != "fp32"]
     p.add_argument("--formats", type=_list("formats", formats), default=formats,
                    help=f"storage formats against fp32 ('+sr': stochastic rounding); default: all of {','.join(formats)}")  # fmt: skip

@@ -232,14 +232,16 @@ def mqar_accuracy(path: Path, formats: list[str], lengths: list[int], hops: list
 
 # --- default models ------------------------------------------------------------------------------
 
-DEFAULT_LMS = {"lightning": "LLLL", "hybrid-3to1": "LLLF"}
-DEFAULT_MQAR = {"mqar-lightning": "LL", "mqar-hybrid": "LF"}
+# name -> (train config, layers, whether --train-steps applies)
+DEFAULT_LMS = {"lightning": ("stdlib_lm.yaml", "LLLL", True), "hybrid-3to1": ("stdlib_lm.yaml", "LLLF", True)}
+DEFAULT_MQAR = {"khop-mqar-FL": ("khop_mqar.yaml", "FL", False)}
 
 
 def train_defaults(out: Path, steps: int) -> tuple[list[Path], list[Path]]:
     """Train (or reuse) the default models under out/models: two byte-level LMs on the local corpus
-    (configs/train/stdlib_lm.yaml: 4 lightning layers, and MiniMax's 3:1 order LLLF) and two MQAR
-    models (configs/train/mqar.yaml: LL and LF)."""
+    (configs/train/stdlib_lm.yaml for `steps` steps: 4 lightning layers, and MiniMax's 3:1 order
+    LLLF) and the k-hop MQAR hybrid whose lightning layer does the lookup
+    (configs/train/khop_mqar.yaml, FL)."""
     from importlib import resources
 
     from ..train.config import parse_args
@@ -247,14 +249,13 @@ def train_defaults(out: Path, steps: int) -> tuple[list[Path], list[Path]]:
 
     configs = Path(str(resources.files("attnlab.configs").joinpath("train")))
     made = {}
-    for name, layers in {**DEFAULT_LMS, **DEFAULT_MQAR}.items():
+    for name, (config, layers, scaled) in {**DEFAULT_LMS, **DEFAULT_MQAR}.items():
         run_dir = out / "models" / name
         made[name] = run_dir
         if (run_dir / "hf" / "config.json").exists():
             continue
-        config = configs / ("mqar.yaml" if name.startswith("mqar") else "stdlib_lm.yaml")
-        words = ["--config", str(config), "--model.layers", layers, "--run_dir", str(run_dir)]
-        if not name.startswith("mqar"):
+        words = ["--config", str(configs / config), "--model.layers", layers, "--run_dir", str(run_dir)]
+        if scaled:
             words += ["--trainer.max_steps", str(steps)]
         cfg, _ = parse_args(words)
         result = train(cfg)
@@ -298,6 +299,24 @@ def _mqar_job(path: Path, opts: PrecisionOptions, threads: int) -> list[dict]:
     return mqar_accuracy(path, opts.formats, opts.mqar_lengths, opts.mqar_hops, opts.mqar_samples, opts.seed)
 
 
+def _job_key(kind: str, path, opts: PrecisionOptions) -> str:
+    """A hash of the model's files and the options one job's result depends on."""
+    import hashlib
+
+    model_dir = Path(path)
+    stamp = sorted(
+        (str(f.relative_to(model_dir)), f.stat().st_size, f.stat().st_mtime_ns)
+        for f in model_dir.rglob("*")
+        if f.is_file() and f.suffix in (".safetensors", ".json", ".yaml")
+    )
+    if kind == "decode":
+        fields = (opts.formats, opts.steps, opts.sequences, opts.prefill, opts.seed)
+    else:
+        fields = (opts.formats, opts.mqar_lengths, opts.mqar_hops, opts.mqar_samples, opts.seed)
+    digest = hashlib.sha256(repr((str(model_dir.resolve()), stamp, fields)).encode()).hexdigest()[:12]
+    return f"{model_dir.name}-{digest}"
+
+
 def run(opts: PrecisionOptions) -> dict:
     """Every model's study, `opts.jobs` models at a time in worker processes; writes the report."""
     import multiprocessing
@@ -315,12 +334,25 @@ def run(opts: PrecisionOptions) -> dict:
     results["options"]["mqar_models"] = [str(m) for m in mqar_models]
     threads = max(1, (os.cpu_count() or 1) // opts.jobs)
     jobs = [("decode", p) for p in models] + [("mqar", p) for p in mqar_models]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=opts.jobs, mp_context=context) as pool:
-        futures = [
-            pool.submit(_decode_job if kind == "decode" else _mqar_job, Path(p), opts, threads) for kind, p in jobs
-        ]
-        done = [f.result() for f in futures]
+    # Each finished job is kept in OUT/parts, keyed by what decides its result, so a rerun (after an
+    # interruption, or with one more model) only runs what is missing.
+    parts = [opts.out / "parts" / f"{kind}-{_job_key(kind, p, opts)}.pt" for kind, p in jobs]
+    todo = [i for i, part in enumerate(parts) if not part.exists()]
+    done: dict[int, object] = {i: torch.load(parts[i], weights_only=False) for i in range(len(jobs)) if i not in todo}
+    if todo:
+        (opts.out / "parts").mkdir(exist_ok=True)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(opts.jobs, len(todo)), mp_context=context) as pool:
+            futures = {
+                i: pool.submit(_decode_job if jobs[i][0] == "decode" else _mqar_job, Path(jobs[i][1]), opts, threads)
+                for i in todo
+            }
+            for i, future in futures.items():
+                done[i] = future.result()
+                tmp = parts[i].with_suffix(".tmp")
+                torch.save(done[i], tmp)
+                tmp.replace(parts[i])
+    done = [done[i] for i in range(len(jobs))]
     results["decode"], results["mqar"], curves = {}, {}, {}
     for (kind, p), out in zip(jobs, done, strict=True):
         table = results[kind]
@@ -336,9 +368,3 @@ def run(opts: PrecisionOptions) -> dict:
     (opts.out / "state_precision.json").write_text(json.dumps(results, indent=1))
     (opts.out / "state_precision.md").write_text(markdown(results))
     return results
-
-
-def geometric_bins(n: int, per_octave: int = 4) -> list[tuple[int, int]]:
-    """[(lo, hi)) index ranges covering 0..n with geometrically growing width (for log-x plots)."""
-    edges = sorted({0, *(min(n, int(round(2 ** (i / per_octave)))) for i in range(int(math.log2(max(n, 1)) * per_octave) + 2)), n})
-    return [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]

@@ -110,6 +110,17 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def geometric_bins(n: int, per_octave: int = 4) -> list[tuple[int, int]]:
+    """[lo, hi) index ranges covering 0..n, growing geometrically (for log-x plots); a last bin
+    narrower than half the one before joins it (a sliver of a bin is a noisy point)."""
+    octaves = int(math.log2(max(n, 1)) * per_octave) + 1
+    edges = sorted({0, n, *(min(n, round(2 ** (i / per_octave))) for i in range(octaves))})
+    bins = [(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+    if len(bins) > 1 and (bins[-1][1] - bins[-1][0]) * 2 < bins[-2][1] - bins[-2][0]:
+        bins[-2:] = [(bins[-2][0], bins[-1][1])]
+    return bins
+
+
 def plot(curves: dict, path: Path) -> None:
     """One row per model, one panel per metric; x: decode step, y: error; log-log, geometric bins."""
     import matplotlib
@@ -117,7 +128,7 @@ def plot(curves: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .state_precision import geometric_bins, nanmean
+    from .state_precision import nanmean
 
     models = list(curves)
     fig, axes = plt.subplots(len(models), 3, figsize=(15, 4 * len(models)), squeeze=False)

@@ -21,7 +21,7 @@ from attnlab.serve.state_precision import (
     mqar_accuracy,
     summarise,
 )
-from attnlab.serve.state_precision_report import markdown, plot, recommend
+from attnlab.serve.state_precision_report import geometric_bins, markdown, plot, recommend
 from attnlab.serve.teacher_forcing import TeacherForcer
 
 # Lightning layers of each tiny family (hidden 32, 4 heads of 8; intra: 2 lightning heads of 8).
@@ -146,6 +146,15 @@ def test_first_divergence_and_window_summaries_by_hand():
     s = summarise(curves, 4)["bf16"]
     assert s["at"]["4"]["kl"] == 2.0 and s["at"]["4"]["state_rel"] == 3.5  # mean over steps 3, 4
     assert s["at"]["4"]["mismatch_rate"] == 0.5 and s["first_divergence"] == [3, 2]
+
+
+def test_geometric_bins_cover_every_step_once():
+    for n in (1, 5, 100, 16385):
+        bins = geometric_bins(n)
+        assert bins[0][0] == 0 and bins[-1][1] == n
+        assert all(a[1] == b[0] and a[1] > a[0] for a, b in zip(bins, bins[1:]))
+    widths = [hi - lo for lo, hi in geometric_bins(16385)]
+    assert widths[-1] >= widths[-2] / 2  # no sliver at the end
 
 
 def test_decode_study_and_report_on_a_tiny_model(tmp_path):
