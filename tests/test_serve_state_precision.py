@@ -199,3 +199,17 @@ def test_bench_options_name_the_bad_field(tmp_path):
         PrecisionOptions(steps=0).check()
     with pytest.raises(ValueError, match="does not exist"):
         PrecisionOptions(models=[tmp_path / "nope"]).check()
+
+
+def test_serve_cli_passes_the_state_options_and_names_a_bad_one(tmp_path, capsys):
+    from attnlab.cli import build_parser, main
+
+    args = build_parser().parse_args(
+        ["serve", str(tmp_path), "--state-dtype", "int8", "--state-scales", "block", "--state-rounding", "stochastic"]
+    )
+    assert (args.state_dtype, args.state_scales, args.state_rounding) == ("int8", "block", "stochastic")
+    assert main(["serve", str(tmp_path), "--state-rounding", "stochastic"]) == 2  # fp32: fails before any load
+    assert "needs state_dtype bf16, fp16 or int8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", str(tmp_path), "--state-scales", "col"])
+    assert "invalid choice: 'col'" in capsys.readouterr().err
