@@ -279,7 +279,13 @@ def _decode_job(path: Path, opts: PrecisionOptions, threads: int) -> tuple[dict,
     length = opts.steps + opts.prefill
     streams = text_streams(tokenizer, opts.sequences, length)
     t0 = time.perf_counter()
-    study = decode_study(model, streams, opts.formats, opts.prefill)
+    name = Path(path).name
+
+    def progress(step: int) -> None:
+        if step % 1024 == 0:
+            print(f"  {name}: step {step} / {opts.steps + 1} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    study = decode_study(model, streams, opts.formats, opts.prefill, progress)
     bytes_per_seq = {
         f: model.state_bytes(length, model.dtype, FORMATS[f]["state_dtype"], FORMATS[f].get("state_scales", "row"))
         for f in ["fp32", *opts.formats]
