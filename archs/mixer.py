@@ -88,7 +88,9 @@ class Mixer(nn.Module):
         slots from it and supplies its own states."""
         raise NotImplementedError
 
-    def state_bytes(self, seq_len: int, dtype: torch.dtype, state_dtype: str = "fp32", state_scales: str = "row") -> int:
+    def state_bytes(
+        self, seq_len: int, dtype: torch.dtype, state_dtype: str = "fp32", state_scales: str = "row"
+    ) -> int:
         """Exact bytes this layer's cache holds for ONE sequence after `seq_len` tokens. `dtype` is
         the K/V (latent) dtype; `state_dtype`/`state_scales` the storage of a recurrent state
         ("fp32", "bf16", "fp16", "int8" with "row" or "block" scales; kernels/state_ops.py)."""

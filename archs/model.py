@@ -125,7 +125,11 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
         return AttnLabCache([layer.mixer.new_state(batch, dtype) for layer in self.model.layers])
 
     def state_bytes(
-        self, seq_len: int, dtype: torch.dtype | None = None, state_dtype: str = "fp32", state_scales: str = "row"
+        self,
+        seq_len: int,
+        dtype: torch.dtype | None = None,
+        state_dtype: str = "fp32",
+        state_scales: str = "row",
     ) -> int:
         """Exact bytes the cache holds for one sequence after `seq_len` tokens, all layers: K/V and
         latents in `dtype` (default the model's), recurrent states stored as `state_dtype` ("fp32",

@@ -76,7 +76,9 @@ class EngineConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} = {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
         if self.state_dtype == "fp32" and self.state_rounding != "nearest":
-            raise ValueError("state_rounding = 'stochastic' needs state_dtype bf16, fp16 or int8 (fp32 stores exactly)")
+            raise ValueError(
+                "state_rounding = 'stochastic' needs state_dtype bf16, fp16 or int8 (fp32 stores exactly)"
+            )
 
 
 STATE_DTYPES = STORAGE_DTYPES

@@ -133,7 +133,8 @@ def decode_study(model, streams: list[list[int]], formats: list[str], prefill: i
                 rel = math.nan
                 if ref_states is not None:
                     diff = sum(
-                        (a - b).square().sum(dim=(1, 2, 3)) for a, b in zip(forcers[f].states(), ref_states, strict=True)
+                        (a - b).square().sum(dim=(1, 2, 3))
+                        for a, b in zip(forcers[f].states(), ref_states, strict=True)
                     )
                     rel = (diff.sqrt() / ref_norm.clamp_min(1e-30)).mean().item()
                 c["state_rel"].append(rel)
@@ -207,7 +208,9 @@ class EngineScorer(torch.nn.Module):
         return type("Out", (), {"logits": torch.stack(rows, 1)})()  # [B, T, V]
 
 
-def mqar_accuracy(path: Path, formats: list[str], lengths: list[int], hops: list[int], samples: int, seed: int):
+def mqar_accuracy(
+    path: Path, formats: list[str], lengths: list[int], hops: list[int], samples: int, seed: int
+):
     from ..evals.loading import load_model, training_mqar_options
     from ..evals.token_tasks import chain_accuracy, mqar_cell
 
@@ -287,7 +290,9 @@ def _decode_job(path: Path, opts: PrecisionOptions, threads: int) -> tuple[dict,
 
     study = decode_study(model, streams, opts.formats, opts.prefill, progress)
     bytes_per_seq = {
-        f: model.state_bytes(length, model.dtype, FORMATS[f]["state_dtype"], FORMATS[f].get("state_scales", "row"))
+        f: model.state_bytes(
+            length, model.dtype, FORMATS[f]["state_dtype"], FORMATS[f].get("state_scales", "row")
+        )
         for f in ["fp32", *opts.formats]
     }
     entry = {
@@ -344,13 +349,17 @@ def run(opts: PrecisionOptions) -> dict:
     # interruption, or with one more model) only runs what is missing.
     parts = [opts.out / "parts" / f"{kind}-{_job_key(kind, p, opts)}.pt" for kind, p in jobs]
     todo = [i for i, part in enumerate(parts) if not part.exists()]
-    done: dict[int, object] = {i: torch.load(parts[i], weights_only=False) for i in range(len(jobs)) if i not in todo}
+    done: dict[int, object] = {
+        i: torch.load(parts[i], weights_only=False) for i in range(len(jobs)) if i not in todo
+    }
     if todo:
         (opts.out / "parts").mkdir(exist_ok=True)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(opts.jobs, len(todo)), mp_context=context) as pool:
             futures = {
-                i: pool.submit(_decode_job if jobs[i][0] == "decode" else _mqar_job, Path(jobs[i][1]), opts, threads)
+                i: pool.submit(
+                    _decode_job if jobs[i][0] == "decode" else _mqar_job, Path(jobs[i][1]), opts, threads
+                )
                 for i in todo
             }
             for i, future in futures.items():

@@ -97,7 +97,9 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {row['length']} | {row['hops']} | skipped: {row['skipped']} |")
                 continue
             lines.append(
-                f"| {row['length']} | {row['hops']} | " + " | ".join(f"{100 * row[f]:.1f}" for f in formats) + " |"
+                f"| {row['length']} | {row['hops']} | "
+                + " | ".join(f"{100 * row[f]:.1f}" for f in formats)
+                + " |"
             )
         lines.append("")
     lines += [

@@ -42,7 +42,9 @@ class TeacherForcer:
         if not 1 <= prefill <= self.length:
             raise ValueError(f"prefill = {prefill}: must be in 1..{self.length} (the sequence length)")
         if self.length > engine.max_model_len:
-            raise ValueError(f"sequences of {self.length} tokens exceed max_model_len = {engine.max_model_len}")
+            raise ValueError(
+                f"sequences of {self.length} tokens exceed max_model_len = {engine.max_model_len}"
+            )
         if len(sequences) > engine.cache.max_seqs:
             raise ValueError(f"{len(sequences)} sequences exceed the cache's {engine.cache.max_seqs} slots")
         self.engine, self.cache, self.runner = engine, engine.cache, engine.runner

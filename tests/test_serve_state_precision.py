@@ -25,7 +25,12 @@ from attnlab.serve.state_precision_report import geometric_bins, markdown, plot,
 from attnlab.serve.teacher_forcing import TeacherForcer
 
 # Lightning layers of each tiny family (hidden 32, 4 heads of 8; intra: 2 lightning heads of 8).
-LIGHTNING = {"lightning": (2, 4), "intra-lightning-full": (2, 2), "hybrid-3to1": (3, 4), "hybrid-7to1": (7, 4)}
+LIGHTNING = {
+    "lightning": (2, 4),
+    "intra-lightning-full": (2, 2),
+    "hybrid-3to1": (3, 4),
+    "hybrid-7to1": (7, 4),
+}
 # Bytes of ONE lightning head's [8, 8] state, by hand: 64 values; int8 row: + 8 fp32 scales;
 # int8 block: 32 does not divide 8, so one 8x8 tile: + 1 scale.
 HEAD_BYTES = {"fp32": 256, "bf16": 128, "fp16": 128, "int8-row": 64 + 32, "int8-block": 64 + 4}
@@ -96,7 +101,9 @@ def test_low_precision_storage_runs_with_hand_sized_slots(name, fmt):
     assert all(s.values.dtype == dtype for s in slots)
     assert all((s.scales is not None) == base.startswith("int8") for s in slots)
     # model.state_bytes follows the storage dtype the same way (by hand, for the lightning part).
-    grow = model.state_bytes(50, torch.float32, FORMATS[fmt]["state_dtype"], FORMATS[fmt].get("state_scales", "row"))
+    grow = model.state_bytes(
+        50, torch.float32, FORMATS[fmt]["state_dtype"], FORMATS[fmt].get("state_scales", "row")
+    )
     assert grow - model.state_bytes(50) == layers * heads * (HEAD_BYTES[base] - HEAD_BYTES["fp32"])
     # It serves, and its logits stay close to fp32's without being equal (the storage is used).
     seqs = prompts((40, 40))
@@ -152,7 +159,7 @@ def test_geometric_bins_cover_every_step_once():
     for n in (1, 5, 100, 16385):
         bins = geometric_bins(n)
         assert bins[0][0] == 0 and bins[-1][1] == n
-        assert all(a[1] == b[0] and a[1] > a[0] for a, b in zip(bins, bins[1:]))
+        assert all(a[1] == b[0] and a[1] > a[0] for a, b in zip(bins, bins[1:], strict=False))
     widths = [hi - lo for lo, hi in geometric_bins(16385)]
     assert widths[-1] >= widths[-2] / 2  # no sliver at the end
 
@@ -168,8 +175,14 @@ def test_decode_study_and_report_on_a_tiny_model(tmp_path):
     assert 0 < mean["bf16"] < mean["int8-row+sr"]
     results = {
         "options": {"formats": ["bf16", "int8-row+sr"], "steps": 64, "sequences": 2, "prefill": 6},
-        "decode": {"tiny": {"layers": "LLLF", "summary": summarise(curves, 64), "tokens_per_s": study["tokens_per_s"],
-                            "state_bytes_per_seq": {"fp32": 100, "bf16": 50, "int8-row+sr": 30}}},  # fmt: skip
+        "decode": {
+            "tiny": {
+                "layers": "LLLF",
+                "summary": summarise(curves, 64),
+                "tokens_per_s": study["tokens_per_s"],
+                "state_bytes_per_seq": {"fp32": 100, "bf16": 50, "int8-row+sr": 30},
+            }
+        },  # fmt: skip
         "mqar": {},
     }
     text = markdown(results)
@@ -205,10 +218,21 @@ def test_serve_cli_passes_the_state_options_and_names_a_bad_one(tmp_path, capsys
     from attnlab.cli import build_parser, main
 
     args = build_parser().parse_args(
-        ["serve", str(tmp_path), "--state-dtype", "int8", "--state-scales", "block", "--state-rounding", "stochastic"]
+        [
+            "serve",
+            str(tmp_path),
+            "--state-dtype",
+            "int8",
+            "--state-scales",
+            "block",
+            "--state-rounding",
+            "stochastic",
+        ]
     )
     assert (args.state_dtype, args.state_scales, args.state_rounding) == ("int8", "block", "stochastic")
-    assert main(["serve", str(tmp_path), "--state-rounding", "stochastic"]) == 2  # fp32: fails before any load
+    assert (
+        main(["serve", str(tmp_path), "--state-rounding", "stochastic"]) == 2
+    )  # fp32: fails before any load
     assert "needs state_dtype bf16, fp16 or int8" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", str(tmp_path), "--state-scales", "col"])
