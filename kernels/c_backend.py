@@ -97,22 +97,28 @@ def build(directory: Path, compiler: str = COMPILER, path: Path = SOURCE) -> Pat
     return target
 
 
-def load(path: Path) -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(path))
+def open_library(source: Path, declare) -> tuple[ctypes.CDLL | None, str | None]:
+    """Build `source` (or reuse its build) and load it; `declare(lib)` sets its functions'
+    signatures. -> (the library, None), or (None, why not)."""
+    try:
+        lib = ctypes.CDLL(str(build(build_dir(), COMPILER, source)))
+    except (BuildError, OSError) as exc:
+        return None, f"the C kernel is unavailable: {exc}"
+    declare(lib)
+    return lib, None
+
+
+def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.paged_attn_decode_f32
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     fn.argtypes = [ptr] * 7 + [i64] * 15 + [ctypes.c_float, ctypes.c_int]
     fn.restype = ctypes.c_int
-    return lib
 
 
 @functools.cache
 def library() -> tuple[ctypes.CDLL | None, str | None]:
     """-> (the loaded library, None), or (None, why not); built once per process."""
-    try:
-        return load(build(build_dir(), COMPILER)), None
-    except (BuildError, OSError) as exc:
-        return None, f"the C kernel is unavailable: {exc}"
+    return open_library(SOURCE, _declare)
 
 
 def available(device: torch.device) -> str | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .c_backend import COMPILER, BuildError, build, build_dir
+from . import c_backend
 from .registry import register_solution
 from .state_ops import LOAD, STORAGE_DTYPES, STORE, scale_shape
 
@@ -23,17 +23,16 @@ CODES = {"bf16": 1, "fp16": 2, "int8": 3}
 CODE_OF_DTYPE = {torch.bfloat16: 1, torch.float16: 2, torch.int8: 3}
 
 
-@functools.cache
-def library() -> tuple[ctypes.CDLL | None, str | None]:
-    try:
-        lib = ctypes.CDLL(str(build(build_dir(), COMPILER, SOURCE)))
-    except (BuildError, OSError) as exc:
-        return None, f"the C kernel is unavailable: {exc}"
+def _declare(lib: ctypes.CDLL) -> None:
     ptr, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.state_store_f32.argtypes = [ptr] * 3 + [i64] * 6 + [i32, i32, ctypes.c_uint32, i32]
     lib.state_load_f32.argtypes = [ptr] * 3 + [i64] * 6 + [i32, i32]
     lib.state_store_f32.restype = lib.state_load_f32.restype = i32
-    return lib, None
+
+
+@functools.cache
+def library() -> tuple[ctypes.CDLL | None, str | None]:
+    return c_backend.open_library(SOURCE, _declare)
 
 
 def available(device: torch.device) -> str | None:

@@ -148,11 +148,11 @@ class SlotRecurrent(EngineState):
         nd, ids = step.num_decode, step.slot_ids
         outs = []
         if nd:
-            o, state = lightning_decode(q[0, :nd], k[0, :nd], v[0, :nd], slope, self.load(ids[:nd]).float())
+            o, state = lightning_decode(q[0, :nd], k[0, :nd], v[0, :nd], slope, self.load(ids[:nd]))
             self.store(ids[:nd], state)
             outs.append(o)
         if nd < step.num_tokens:
-            initial = self.load(ids[nd:]).float()
+            initial = self.load(ids[nd:])
             o, final = lightning_prefill(
                 q[:, nd:], k[:, nd:], v[:, nd:], slope, initial, True, step.cu_prefill, chunk_size
             )

@@ -88,7 +88,7 @@ class TeacherForcer:
     def states(self) -> list[torch.Tensor]:
         """fp32 [N, H, K, V] of every recurrent layer (part), as the next step will load them."""
         ids = self.slot_ids()
-        return [s.load(ids).float() for s in recurrent_layer_states(self.runner.states)]
+        return [s.load(ids) for s in recurrent_layer_states(self.runner.states)]
 
     def close(self) -> None:
         for req in self.requests:
