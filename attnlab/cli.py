@@ -1,4 +1,4 @@
-"""The `attnlab` command: one subcommand per job (DESIGN.md "CLI").
+"""The `attnlab` command: one subcommand per job (README "Commands").
 
 Each job's module exposes `register(subparsers)`, which adds its subcommand(s) and sets
 `func(args) -> exit code`. Adding a job = one module + one line in COMMAND_MODULES. Modules are

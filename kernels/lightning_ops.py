@@ -1,4 +1,5 @@
-"""Ops `lightning_prefill` and `lightning_decode`: MiniMax-01 lightning attention (REFERENCES.md).
+"""Ops `lightning_prefill` and `lightning_decode`: MiniMax-01 lightning attention (arXiv 2501.08313;
+HF `MiniMaxLightningAttention`).
 
     S_t = exp(-s_h) S_{t-1} + k_t^T v_t,   o_t = q_t S_t      (no 1/sqrt(D) scale)
 
@@ -28,7 +29,7 @@ PREFILL, DECODE = "lightning_prefill", "lightning_decode"
 
 
 def minimax_layer0_slopes(num_heads: int) -> torch.Tensor:
-    """s_h = (2^(-8/H))^(h+1) for layer 0 (REFERENCES.md; the depth factor is 1 + 1e-5 there)."""
+    """s_h = (2^(-8/H))^(h+1) for layer 0 (HF `get_slope_rate`; the depth factor is 1 + 1e-5 there)."""
     h = torch.arange(1, num_heads + 1, dtype=torch.float64)
     return (2.0 ** (-8.0 / num_heads)) ** h * (1 + 1e-5)
 

@@ -1,4 +1,4 @@
-"""probes: per-head scores, ablation and reports (DESIGN.md "train, probes, evals, serve"; issue 4).
+"""probes: per-head scores, ablation and reports (README "Commands": `attnlab probe`).
 
 target.py          one interface over attnlab models and HF causal LMs (maps, cache, head flags)
 hf_attention.py    the AttentionInterface function behind HF maps and masks (no patched files)

@@ -1,6 +1,6 @@
 """Detection patterns and the scores that compare attention maps with them.
 
-Patterns follow TransformerLens `head_detector.py` (REFERENCES.md "Probes"), batched; each is a
+Patterns follow TransformerLens `transformer_lens/head_detector.py`, batched; each is a
 bool [B, T, T] that is True where query i "should" attend to key j:
 - previous token: j = i - 1;
 - duplicate token: j < i and token j == token i;

@@ -1,5 +1,5 @@
 """Retrieval heads (Wu et al. 2024, "Retrieval Head Mechanistically Explains Long-Context
-Factuality"; code nightdessert/Retrieval_Head; REFERENCES.md "Probes").
+Factuality", arXiv 2404.15574; code nightdessert/Retrieval_Head).
 
 For each NIAH prompt (probes/niah_tokens.py) the model decodes greedily, one query per step. At each
 step, for each head, take the argmax of the step's attention row; if that position lies inside the
