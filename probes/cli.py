@@ -83,10 +83,28 @@ def register(sub) -> None:
     p.add_argument(
         "--niah-needles", type=positive_int, default=2, help="NIAH needles per (length, depth) cell"
     )
+    p.add_argument("--kv-pairs", type=positive_int, default=8, help="key-value pairs per kv_retrieval prompt")
+    p.add_argument(
+        "--kv-separator",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="kv_retrieval pairs written `0 k v`; auto: as the run's MQAR training data",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_probe)
+
+
+def trained_separator(path: str) -> bool:
+    """Whether the attnlab run at `path` trained on MQAR with `separator: true` (its config.yaml)."""
+    import yaml
+
+    for config in (Path(path) / "config.yaml", Path(path).parent / "config.yaml"):
+        if config.is_file():
+            data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+            return bool((data.get("task") or {}).get("separator", False))
+    return False
 
 
 def cmd_probe(args) -> int:
@@ -104,6 +122,10 @@ def cmd_probe(args) -> int:
         niah_depths=args.niah_depths,
         niah_needles=args.niah_needles,
         max_context=args.max_context,
+        kv_pairs=args.kv_pairs,
+        kv_separator=trained_separator(args.path)
+        if args.kv_separator == "auto"
+        else args.kv_separator == "on",
         progress=not args.no_progress,
     )
     print(f"attnlab probe: {args.path} -> {args.out} ({', '.join(args.probes)})", flush=True)

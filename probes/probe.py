@@ -34,6 +34,9 @@ class ProbeSettings:
     max_context: int | None = None  # cap on the NIAH prompt + answer length (default: model context, ≤ 512)
     key_len: int = 1
     value_len: int = 4
+    # kv_retrieval: key-value pairs per prompt, and whether pairs are written `0 k v` (MQAR separator).
+    kv_pairs: int = 8
+    kv_separator: bool = False
     progress: bool = True
 
     def to_dict(self) -> dict:

@@ -6,6 +6,7 @@ import importlib
 
 PROBE_MODULES = [
     "attnlab.probes.retrieval",
+    "attnlab.probes.kv_retrieval",
     "attnlab.probes.induction",
     "attnlab.probes.previous_token",
     "attnlab.probes.duplicate",

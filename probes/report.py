@@ -43,17 +43,24 @@ def markdown(
         )
     lines += ["", "What each probe measures:", ""]
     lines += [f"- **{name}**: {summaries[name]}" for name in results]
-    if "retrieval" in results:
-        d = results["retrieval"].details
+    for name in ("retrieval", "kv_retrieval"):
+        if name not in results:
+            continue
+        d = results[name].details
+        what = (
+            f"key {d['key_len']} + value {d['value_len']} tokens"
+            if name == "retrieval"
+            else f"{d['kv_pairs']} key-value pairs per prompt, separator {'on' if d['separator'] else 'off'}"
+        )
         lines += [
             "",
-            f"Retrieval: {d['samples_counted']} of {d['samples']} NIAH samples passed the ROUGE-1 recall > 50 % "
+            f"{name}: {d['samples_counted']} of {d['samples']} samples passed the ROUGE-1 recall > 50 % "
             f"gate (mean recall {d['mean_rouge1_recall']}); lengths {d['lengths']}, depths {d['depths']}, "
-            f"{d['needles_per_cell']} needles per cell, key {d['key_len']} + value {d['value_len']} tokens. "
+            f"{d['needles_per_cell']} needles per cell, {what}. "
             "Wu et al. report 2–6 % retrieval heads in 7B models.",
         ]
         if d["samples_counted"] == 0:
-            lines.append("No sample passed the gate, so retrieval scores are undefined (shown as 0).")
+            lines.append(f"No sample passed the gate, so {name} scores are undefined (shown as 0).")
     if ablation is not None:
         lines += [
             "",

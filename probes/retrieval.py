@@ -110,10 +110,13 @@ class RetrievalProbe(Probe):
                 "lengths": sorted({s.length for s in samples}),
                 "depths": sorted({s.depth for s in samples}),
                 "needles_per_cell": settings.niah_needles,
-                "key_len": settings.key_len,
-                "value_len": settings.value_len,
+                **self.details(samples, settings),
             },
         )
+
+    def details(self, samples: list[NeedleSample], settings: ProbeSettings) -> dict:
+        """What the prompts were made of, for the report."""
+        return {"key_len": settings.key_len, "value_len": settings.value_len}
 
     def accuracy(
         self, target: ProbeTarget, settings: ProbeSettings, heads=(), mode: str = "uniform"

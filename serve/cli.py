@@ -126,8 +126,25 @@ def register_crossover(bench) -> None:
     p.add_argument("--memory-budget", default="1GiB", help="budget for 'sequences that fit'")
     p.add_argument("--max-point-seconds", type=float, default=60.0,
                    help="skip a measurement (and longer lengths) predicted to take longer")  # fmt: skip
+    p.add_argument("--models", type=_named_models, default={}, metavar="NAME=PATH,...",
+                   help="saved models to measure instead of --families (one named full is the reference)")  # fmt: skip
     p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=cmd_bench_crossover)
+
+
+def _named_models(text: str) -> dict[str, str]:
+    """`full=runs/a/hf,lightning=runs/b/hf` -> {name: folder}; each folder must hold a config.json."""
+    models = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, path = part.partition("=")
+        if not sep or not name or not path:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected NAME=PATH (e.g. full=runs/full/hf)")
+        if not (Path(path) / "config.json").is_file():
+            raise argparse.ArgumentTypeError(f"{name}={path}: no config.json there (a saved model folder?)")
+        models[name] = path
+    if not models:
+        raise argparse.ArgumentTypeError("expected at least one NAME=PATH")
+    return models
 
 
 def cmd_bench_crossover(args) -> int:
@@ -151,7 +168,7 @@ def cmd_bench_crossover(args) -> int:
         out=args.out, families=args.families, lengths=args.lengths, batch=batch, device=args.device,
         hidden=args.hidden, layers=args.layers, heads=args.heads, window=args.window,
         new_tokens=args.new_tokens, decode_steps=args.decode_steps, repeats=args.repeats,
-        memory_budget=budget, max_point_seconds=args.max_point_seconds,
+        memory_budget=budget, max_point_seconds=args.max_point_seconds, models=args.models,
     )  # fmt: skip
     print(f"attnlab bench crossover: {', '.join(opts.families)} at {opts.lengths[0]}..{opts.lengths[-1]} "
           f"on {opts.device} -> {opts.out}", flush=True)  # fmt: skip

@@ -71,6 +71,15 @@ class CrossoverOptions:
     max_cache_bytes: int | None = None  # the most a point may allocate; default: half the device memory
     max_point_seconds: float = 60.0  # a point predicted to take longer is skipped (longer lengths too)
     seed: int = 0
+    # Saved models to measure instead of the random-weight families: name -> model folder (their
+    # own width, depth and layout; a model named "full" is the reference). `attnlab study` passes
+    # the variants it trained.
+    models: dict[str, str] = field(default_factory=dict)
+    deadline_s: float | None = None  # seconds from the start; points after it are "skipped"
+
+    def __post_init__(self) -> None:
+        if self.models:
+            self.families = list(self.models)
 
 
 def layout(family: str, depth: int) -> str:
@@ -80,10 +89,25 @@ def layout(family: str, depth: int) -> str:
     return "".join("F" if (i + 1) % (ratio + 1) == 0 else local for i in range(depth))
 
 
+def max_positions(opts: CrossoverOptions) -> int:
+    return max(opts.lengths) + opts.new_tokens + opts.decode_steps + 64
+
+
+def layout_of(model: AttnLabForCausalLM) -> str:
+    """The layer layout as letters (e.g. LLLLLLLF); a spec with no default letter shows as ?."""
+    letters = {"full": "F", "mla": "M", "lightning": "L", "swa": "S", "intra": "I"}
+    return "".join(letters.get(m.spec.type, "?") for m in model.mixers())
+
+
 def build_model(family: str, opts: CrossoverOptions) -> AttnLabForCausalLM:
+    if opts.models:
+        model = AttnLabForCausalLM.from_pretrained(
+            opts.models[family], max_position_embeddings=max_positions(opts)
+        )
+        return model.to(opts.device).eval()
     return random_model(
         layout(family, opts.layers), hidden=opts.hidden, depth=opts.layers, heads=opts.heads,
-        max_positions=max(opts.lengths) + opts.new_tokens + opts.decode_steps + 64, seed=opts.seed,
+        max_positions=max_positions(opts), seed=opts.seed,
         mixers={"S": {"type": "swa", "window": opts.window}}, device=opts.device,
     )  # fmt: skip
 
@@ -201,7 +225,7 @@ def prefill_and_e2e(model, opts: CrossoverOptions, length: int) -> dict:
     """One request of `length` prompt tokens (prefilled in one step) then `new_tokens` decodes."""
     engine = engine_for(model, opts, 1, length, length)
     gen = torch.Generator().manual_seed(opts.seed)
-    prompt = torch.randint(1, 256, (length,), generator=gen).tolist()
+    prompt = torch.randint(1, model.config.vocab_size, (length,), generator=gen).tolist()
     params = SamplingParams(max_tokens=opts.new_tokens, ignore_eos=True)
     prefill, e2e = [], []
     for _ in range(opts.repeats):
@@ -269,33 +293,39 @@ def run(opts: CrossoverOptions, progress: bool = True) -> dict:
     from .crossover_report import write_outputs
 
     rates = machine_rates(opts.device, opts.hidden)
-    points = []
+    started = time.perf_counter()
+    points = {}
+    models = {family: build_model(family, opts) for family in opts.families}
+    too_slow = {f: {"prefill": False, "decode_b1": False, "decode_bN": False} for f in opts.families}
+    last = {f: {} for f in opts.families}
     bar = tqdm(
         total=len(opts.families) * len(opts.lengths), desc="crossover", unit="point", disable=not progress
     )
-    for family in opts.families:
-        model = build_model(family, opts)
-        too_slow = {"prefill": False, "decode_b1": False, "decode_bN": False}
-        last = {}
-        for length in opts.lengths:
+    # Length by length, so a deadline cuts the longest contexts of every family alike.
+    for length in opts.lengths:
+        for family, model in models.items():
             bar.set_postfix_str(f"{family} @ {length}")
+            if opts.deadline_s is not None and time.perf_counter() - started > opts.deadline_s:
+                too_slow[family] = dict.fromkeys(too_slow[family], True)
             p = {"family": family, "length": length, "state_bytes": model.state_bytes(length)}
             p["seqs_in_budget"] = seqs_in_budget(model, opts, length)
+            slow, seen = too_slow[family], last[family]
             for key, batch in (("decode_b1", 1), ("decode_bN", opts.batch)):
-                p[key] = _attempt(too_slow, key, last, opts, decode_latency, model, opts, length, batch)
+                p[key] = _attempt(slow, key, seen, opts, decode_latency, model, opts, length, batch)
                 if isinstance(p[key], dict):
                     p[key]["roofline_s"] = roofline(model, rates, length, batch, 1)
                     p.setdefault("cache_bytes_per_seq", p[key]["cache_bytes"])
-            p["prefill"] = _attempt(too_slow, "prefill", last, opts, prefill_and_e2e, model, opts, length)
+            p["prefill"] = _attempt(slow, "prefill", seen, opts, prefill_and_e2e, model, opts, length)
             if isinstance(p["prefill"], dict):
                 p["prefill"]["roofline_s"] = roofline(model, rates, length, 1, length)
                 p["prefill"]["tokens_per_s"] = length / p["prefill"]["prefill_s"]
-            points.append(p)
+            points[family, length] = p
             bar.update(1)
     bar.close()
+    points = [points[f, n] for f in opts.families for n in opts.lengths]
     results = {
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
-        "layouts": {f: layout(f, opts.layers) for f in opts.families},
+        "layouts": {f: layout_of(m) for f, m in models.items()},
         "machine": {
             "device": opts.device,
             "processor": platform.processor() or platform.machine(),

@@ -129,8 +129,13 @@ def markdown(results: dict) -> str:
     lines = [
         f"# Crossover benchmark ({m['device']}, {m['processor']}, {m['threads']} threads)",
         "",
-        f"d {o['hidden']}, {o['layers']} layers, {o['heads']} heads, vocab 256, fp32, random weights; SWA window "
-        f"{o['window']}; larger decode batch N = {o['batch']}; end to end = prefill + {o['new_tokens']} tokens; "
+        (
+            f"Saved models ({', '.join(f'{k} `{v}`' for k, v in o['models'].items())}), fp32; "
+            if o.get("models")
+            else f"d {o['hidden']}, {o['layers']} layers, {o['heads']} heads, vocab 256, fp32, random weights; SWA "
+            f"window {o['window']}; "
+        )
+        + f"larger decode batch N = {o['batch']}; end to end = prefill + {o['new_tokens']} tokens; "
         f"sequences in a {o['memory_budget'] / 2**30:g} GiB budget. Measured copy bandwidth "
         f"{m['memory_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, matmul {m['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s. "
         "Times are medians, ± half the min-max range over the repeats (prefill) or timed steps (decode).",
