@@ -6,11 +6,11 @@ import importlib
 
 PROBE_MODULES = [
     "attnlab.probes.retrieval",
-    "attnlab.probes.kv_retrieval",
     "attnlab.probes.induction",
     "attnlab.probes.previous_token",
     "attnlab.probes.duplicate",
     "attnlab.probes.prefix_matching",
+    "attnlab.probes.kv_retrieval",
 ]
 
 _PROBES: dict[str, type] = {}
