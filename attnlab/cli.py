@@ -12,6 +12,7 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
+    "attnlab.study.cli",
     "attnlab.archs.demo",
     "attnlab.train.cli",
     "attnlab.evals.cli",

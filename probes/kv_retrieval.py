@@ -48,8 +48,8 @@ def kv_sample(vocab: int, length: int, depth: float, pairs: int, separator: bool
 def kv_grid(vocab: int, max_len: int, settings: ProbeSettings, seed: int) -> list[NeedleSample]:
     """lengths × depths × needles prompts, lengths linspace(max_len/4, max_len) past the context."""
     pairs = min(settings.kv_pairs, vocab // 2 - 1)
-    if pairs < 1 or vocab - 2 * pairs < 2:
-        raise ValueError(f"kv_retrieval needs a vocabulary of at least 6 tokens; this model has {vocab}")
+    if pairs < 1:
+        raise ValueError(f"kv_retrieval needs a vocabulary of at least 4 tokens; this model has {vocab}")
     context = (3 if settings.kv_separator else 2) * pairs
     shortest = max(context + 2, max_len // 4)
     if max_len < shortest:

@@ -1,0 +1,116 @@
+"""The budget plan: how many seconds each stage gets and how many steps each variant trains.
+
+Training is the stage that decides whether a study fits, so its size is measured, not guessed:
+each variant's model takes a few optimizer steps on one batch of the data's largest slice (with the
+torch threads one executor worker gets), and the step count is the most that fits the training
+share for all variants, split over the workers, with Lightning's overhead and each run's start-up
+and final validation on top. All variants train the same number of steps (a fair comparison), from
+`train.min_steps` up to the configured `base.trainer.max_steps`; a cut scales the curriculum (the
+mixture's start_step) and warm-up with it. The plan is written once, at the first start, to
+`<out>/plan.json`; `--resume` reuses it, so a resumed run continues the same runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+from .config import StudyConfig
+
+LIGHTNING_OVERHEAD = 1.3  # measured steps in a Lightning run vs bare forward+backward+AdamW
+# Per run: data generation, final validation and export; in a subprocess also Python's start and imports.
+RUN_OVERHEAD_S = {"sequential": 3.0, "processes": 10.0, "submitit": 15.0}
+
+
+def variant_configs(study: StudyConfig) -> dict:
+    """label -> the variant's resolved train config (checked by the trainer's parser)."""
+    from attnlab.train.sweep import SweepConfig, expand
+
+    sweep = SweepConfig(name=study.name, out_dir="/unused", base=study.base, grid={"variant": study.variants})
+    return {run.labels["variant"]: run.config for run in expand(sweep)}
+
+
+def batch_shape(cfg) -> tuple[int, int]:
+    """(batch, tokens per row) of the data's largest batch."""
+    data = cfg.data
+    if data.source == "text":
+        return data.batch_size, data.text.seq_len
+    slices = data.task.slices(data.batch_size)
+    return max(((batch, task.seq_len) for _, task, batch, _ in slices), key=lambda s: s[0] * s[1])
+
+
+def step_seconds(cfg, threads: int, steps: int = 3) -> float:
+    """Seconds per optimizer step of this variant (forward, backward, AdamW; after one warm-up step)."""
+    from attnlab.archs.model import AttnLabForCausalLM
+
+    vocab = cfg.model.vocab_size or (cfg.data.task.vocab_size if cfg.data.source == "task" else 256)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        model = AttnLabForCausalLM(cfg.model.hf_config(vocab))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        batch, length = batch_shape(cfg)
+        ids = torch.randint(0, vocab, (batch, length))
+        for i in range(steps + 1):
+            if i == 1:
+                start = time.perf_counter()
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        return (time.perf_counter() - start) / steps
+    finally:
+        torch.set_num_threads(previous)
+
+
+def plan_budget(study: StudyConfig, threads_per_run: int) -> dict:
+    """-> the plan (JSON-ready): stage seconds, calibrated step times, and the training steps."""
+    started = time.perf_counter()
+    configs = variant_configs(study)
+    stage_s = {s: getattr(study, s).share * study.budget_s for s in study.stages}
+    seconds = {label: step_seconds(cfg, threads_per_run) for label, cfg in configs.items()}
+    configured = study.base.get("trainer", {}).get("max_steps") or next(iter(configs.values())).trainer.max_steps
+    workers = study.train.workers
+    available = stage_s["train"] - (time.perf_counter() - started)
+    waves = -(-len(configs) // workers)  # runs start in waves of `workers`
+    overhead = RUN_OVERHEAD_S[study.train.executor.get("kind", "sequential")]
+    fit = (available * workers - waves * workers * overhead) / (LIGHTNING_OVERHEAD * sum(seconds.values()))
+    steps = int(max(study.train.min_steps, min(configured, fit)))
+    return {
+        "budget_s": study.budget_s,
+        "stage_s": stage_s,
+        "train": {
+            "steps": steps,
+            "configured_steps": configured,
+            "fit_steps": int(max(fit, 0)),
+            "scaled": steps < configured,
+            "step_seconds": seconds,
+            "threads_per_run": threads_per_run,
+            "workers": workers,
+            "calibration_s": round(time.perf_counter() - started, 2),
+        },
+    }
+
+
+def scaled_base(study: StudyConfig, steps: int) -> dict:
+    """The base run config with `steps` optimizer steps: curriculum and warm-up scaled alike,
+    checkpoints 4 times a run (for --resume), validation at the end only."""
+    base = copy.deepcopy(study.base)
+    trainer = base.setdefault("trainer", {})
+    configured = trainer.get("max_steps", steps)
+    ratio = steps / configured
+    trainer["max_steps"] = steps
+    trainer["val_every"] = steps
+    trainer["checkpoint_every"] = max(1, steps // 4)
+    trainer["log_every"] = max(1, min(trainer.get("log_every", 25), steps // 10 or 1))
+    trainer["progress_bar"] = False
+    optim = base.setdefault("optim", {})
+    if "warmup_steps" in optim:
+        optim["warmup_steps"] = max(1, round(optim["warmup_steps"] * ratio))
+    for entry in base.get("data", {}).get("task", {}).get("mixture", []):
+        if entry.get("start_step"):
+            entry["start_step"] = max(1, round(entry["start_step"] * ratio))
+    base.setdefault("seed", study.seed)
+    return base
