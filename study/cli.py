@@ -38,7 +38,9 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/study"), help="output folder (default runs/study)")
     p.add_argument("--budget-minutes", type=positive_minutes, default=None,
                    help="wall-clock budget; stages scale to it (default: the config's budget_minutes)")  # fmt: skip
-    p.add_argument("--resume", action="store_true", help="continue the study in --out, skipping finished stages and runs")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the study in --out, skipping finished stages and runs"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_study)
 

@@ -42,7 +42,9 @@ def fail(where: str, value, allowed: str) -> None:
 
 def check_number(value, where: str, lo: float = 0.0, hi: float | None = None, integer: bool = False) -> None:
     kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and value > lo and (hi is None or value <= hi)
+    ok = (
+        isinstance(value, kind) and not isinstance(value, bool) and value > lo and (hi is None or value <= hi)
+    )
     if not ok:
         what = "an integer" if integer else "a number"
         fail(where, value, f"must be {what} > {lo:g}" + (f" and <= {hi:g}" if hi is not None else ""))
@@ -72,7 +74,9 @@ class TrainStage:
 
     @property
     def workers(self) -> int:
-        return 1 if self.executor.get("kind", "sequential") == "sequential" else self.executor.get("workers", 1)
+        return (
+            1 if self.executor.get("kind", "sequential") == "sequential" else self.executor.get("workers", 1)
+        )
 
 
 @dataclass
@@ -162,10 +166,18 @@ class StudyConfig:
         if not isinstance(self.base, dict):
             fail("base", self.base, "must be a train run config (a mapping: model, data, optim, trainer)")
         if not isinstance(self.variants, dict) or not self.variants:
-            fail("variants", self.variants, "must map at least one label to overrides, e.g. {full: {model.layers: F}}")
+            fail(
+                "variants",
+                self.variants,
+                "must map at least one label to overrides, e.g. {full: {model.layers: F}}",
+            )
         for label, overrides in self.variants.items():
             if not isinstance(overrides, dict):
-                fail(f"variants.{label}", overrides, "must be a mapping of dotted overrides, e.g. {model.layers: F}")
+                fail(
+                    f"variants.{label}",
+                    overrides,
+                    "must be a mapping of dotted overrides, e.g. {model.layers: F}",
+                )
         if not isinstance(self.stages, list) or not self.stages or not set(self.stages) <= set(STAGES):
             fail("stages", self.stages, f"a non-empty list from: {', '.join(STAGES)}")
         if self.stages[0] != "train":
@@ -173,9 +185,17 @@ class StudyConfig:
         for name in SECTIONS:
             getattr(self, name).check(name)
         if sum(getattr(self, s).share for s in self.stages) > 1.0 + 1e-9:
-            fail("shares", {s: getattr(self, s).share for s in self.stages}, "the stages' shares must sum to <= 1")
+            fail(
+                "shares",
+                {s: getattr(self, s).share for s in self.stages},
+                "the stages' shares must sum to <= 1",
+            )
         if "crossover" in self.stages and "full" not in self.variants:
-            fail("variants", list(self.variants), "the crossover stage needs a variant named full (its reference)")
+            fail(
+                "variants",
+                list(self.variants),
+                "the crossover stage needs a variant named full (its reference)",
+            )
 
     @property
     def budget_s(self) -> float:

@@ -84,7 +84,9 @@ class Document:
             elif kind == "table":
                 header, rows = rest
                 head = "".join(f"<th>{inline(h)}</th>" for h in header)
-                body = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in row) + "</tr>" for row in rows)
+                body = "".join(
+                    "<tr>" + "".join(f"<td>{inline(c)}</td>" for c in row) + "</tr>" for row in rows
+                )
                 out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
             elif kind == "code":
                 out.append(f"<pre><code>{html.escape(rest[0])}</code></pre>")

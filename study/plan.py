@@ -71,7 +71,9 @@ def plan_budget(study: StudyConfig, threads_per_run: int) -> dict:
     configs = variant_configs(study)
     stage_s = {s: getattr(study, s).share * study.budget_s for s in study.stages}
     seconds = {label: step_seconds(cfg, threads_per_run) for label, cfg in configs.items()}
-    configured = study.base.get("trainer", {}).get("max_steps") or next(iter(configs.values())).trainer.max_steps
+    configured = (
+        study.base.get("trainer", {}).get("max_steps") or next(iter(configs.values())).trainer.max_steps
+    )
     workers = study.train.workers
     available = stage_s["train"] - (time.perf_counter() - started)
     waves = -(-len(configs) // workers)  # runs start in waves of `workers`

@@ -50,7 +50,11 @@ def ablation_bars(scores: dict[str, dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(1.1 * len(rows) + 2, 3.2))
     width = 0.27
     for i, (label, key) in enumerate(
-        (("none masked", "baseline_accuracy"), ("top k masked", "top_accuracy"), ("k random", "random_accuracy_mean"))
+        (
+            ("none masked", "baseline_accuracy"),
+            ("top k masked", "top_accuracy"),
+            ("k random", "random_accuracy_mean"),
+        )
     ):
         ax.bar([x + (i - 1) * width for x in range(len(rows))], [a[key] for _, a in rows], width, label=label)
     ax.set_xticks(range(len(rows)))
@@ -58,6 +62,9 @@ def ablation_bars(scores: dict[str, dict], path: Path) -> None:
     ax.set_ylabel("task accuracy")
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=7)
-    ax.set_title(f"Masking the top {rows[0][1]['k']} heads by {rows[0][1]['probe']} vs {rows[0][1]['k']} random heads", fontsize=9)
+    ax.set_title(
+        f"Masking the top {rows[0][1]['k']} heads by {rows[0][1]['probe']} vs {rows[0][1]['k']} random heads",
+        fontsize=9,
+    )
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -137,7 +137,11 @@ def probe_section(doc: Document, out: Path, study: dict, scores: dict, stages: d
             row.append(f"{len(found)} / {total}" + (f": {tops}" if tops else ""))
         a = s.get("ablation")
         if a:
-            row += [f"{a['baseline_accuracy']:.2f}", f"{a['top_accuracy']:.2f}", f"{a['random_accuracy_mean']:.2f}"]
+            row += [
+                f"{a['baseline_accuracy']:.2f}",
+                f"{a['top_accuracy']:.2f}",
+                f"{a['random_accuracy_mean']:.2f}",
+            ]
         rows.append(row)
     ablate = study["probe"]
     doc.table(
@@ -186,8 +190,12 @@ def reproduce_section(doc: Document, out: Path, study: dict, plan: dict, stages:
     doc.heading("Reproduce")
     runs = out / "train" / "runs"
     variants = list(study["variants"])
-    lines = [f"# the whole study (add --resume to continue a stopped one)\n{plan.get('command', 'attnlab study')}"]
-    lines.append("# one variant's training run\n" + f"attnlab train --config {runs / variants[0]}/config.yaml")
+    lines = [
+        f"# the whole study (add --resume to continue a stopped one)\n{plan.get('command', 'attnlab study')}"
+    ]
+    lines.append(
+        "# one variant's training run\n" + f"attnlab train --config {runs / variants[0]}/config.yaml"
+    )
     e = stages.get("eval", {})
     if e.get("status") == "finished":
         ev = study["eval"]

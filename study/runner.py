@@ -69,7 +69,9 @@ def prepare(study: StudyConfig, out: Path, resume: bool, command: str) -> dict:
     saved = out / "study.yaml"
     if saved.exists():
         if not resume:
-            raise StudyError(f"{out} already holds a study; pass --resume to continue it, or choose another --out")
+            raise StudyError(
+                f"{out} already holds a study; pass --resume to continue it, or choose another --out"
+            )
         previous = from_dict(yaml.safe_load(saved.read_text()))
         if previous.digest() != study.digest():
             raise StudyError(
@@ -91,7 +93,9 @@ def prepare(study: StudyConfig, out: Path, resume: bool, command: str) -> dict:
     return plan
 
 
-def run_study(study: StudyConfig, out: Path, resume: bool = False, command: str = "", progress: bool = True) -> dict:
+def run_study(
+    study: StudyConfig, out: Path, resume: bool = False, command: str = "", progress: bool = True
+) -> dict:
     """Run every stage not yet finished; -> {stage: record}. Raises StudyError when a stage fails
     (after recording it and writing the report) or the folder does not fit --resume."""
     from .report import write_report
@@ -130,8 +134,15 @@ def run_study(study: StudyConfig, out: Path, resume: bool = False, command: str 
             seconds = round(time.perf_counter() - ctx.started, 1)
             write_json(path, {"status": "failed", "message": message, "budget_s": budget, "seconds": seconds})
             write_report(out)
-            raise StudyError(f"stage {stage} failed: {message}; the earlier stages' results and a report are in {out}") from err
-        record = {"status": "finished", "budget_s": budget, "seconds": round(time.perf_counter() - ctx.started, 1), **outputs}
+            raise StudyError(
+                f"stage {stage} failed: {message}; the earlier stages' results and a report are in {out}"
+            ) from err
+        record = {
+            "status": "finished",
+            "budget_s": budget,
+            "seconds": round(time.perf_counter() - ctx.started, 1),
+            **outputs,
+        }
         write_json(path, record)
         records[stage] = record
         write_report(out)

@@ -79,7 +79,9 @@ def train_stage(ctx: StageContext) -> dict:
     failed = [r for r in outcome.results if r.get("status") != "finished"]
     if failed:
         parts = [f"{r['variant']}: {r.get('status')} ({r.get('message') or 'no message'})" for r in failed]
-        raise StageFailed(f"training did not finish for {'; '.join(parts)}; logs in {ctx.out / 'train' / 'runs'}")
+        raise StageFailed(
+            f"training did not finish for {'; '.join(parts)}; logs in {ctx.out / 'train' / 'runs'}"
+        )
     variants = {r["variant"]: variant_facts(ctx, r) for r in outcome.results}
     (ctx.out / "variants.json").write_text(json.dumps(variants, indent=2))
     note = (
@@ -137,7 +139,9 @@ class TrainingWatcher:
     def loop(self) -> None:
         while not self.done.wait(self.every):
             parts = [f"{v} {self.step(v)}/{self.steps}" for v in self.variants]
-            self.ctx.say(f"train [{minutes(self.ctx.left())} left of {minutes(self.ctx.budget_s)}] " + ", ".join(parts))
+            self.ctx.say(
+                f"train [{minutes(self.ctx.left())} left of {minutes(self.ctx.budget_s)}] " + ", ".join(parts)
+            )
 
     def step(self, variant: str) -> int:
         path = self.ctx.run_dir(variant) / "metrics.jsonl"
@@ -175,7 +179,9 @@ def eval_stage(ctx: StageContext) -> dict:
         per_sample = (time.perf_counter() - t0) / pilot
         samples = int(min(section.samples, max(pilot, 0.9 * ctx.left() / (len(variants) * per_sample))))
     spec = dataclasses.replace(spec, samples=samples)
-    ctx.say(f"eval: suite {section.suite}, {samples} samples per cell, lengths {section.lengths}, hops {section.hops}")
+    ctx.say(
+        f"eval: suite {section.suite}, {samples} samples per cell, lengths {section.lengths}, hops {section.hops}"
+    )
     run_eval([ctx.run_dir(v) for v in variants], spec, ctx.out / "eval", None, progress=ctx.progress)
     note = (
         f"{samples} samples per cell (of up to {section.samples}; sized from a pilot run to the eval share)."
@@ -223,7 +229,9 @@ def probe_stage(ctx: StageContext) -> dict:
             probe_variant(ctx, variant, needles)
         ctx.say(f"probe: {variant} done ({i + 1}/{len(variants)}, {minutes(ctx.left())} left)")
     note = f"{needles} prompt(s) per (length, depth) cell" + (
-        f" (of up to {section.needles}; sized from a pilot run to the probe share)." if needles < section.needles else "."
+        f" (of up to {section.needles}; sized from a pilot run to the probe share)."
+        if needles < section.needles
+        else "."
     )
     return {"needles": needles, "note": note}
 
@@ -251,4 +259,9 @@ def crossover_stage(ctx: StageContext) -> dict:
     }
 
 
-STAGE_FUNCTIONS = {"train": train_stage, "eval": eval_stage, "probe": probe_stage, "crossover": crossover_stage}
+STAGE_FUNCTIONS = {
+    "train": train_stage,
+    "eval": eval_stage,
+    "probe": probe_stage,
+    "crossover": crossover_stage,
+}

@@ -76,11 +76,20 @@ def test_every_stage_finishes_and_the_report_has_every_section(study_run):
         ["train", "eval", "probe", "crossover"], "finished"
     )
     md = (out / "report.md").read_text()
-    for heading in ("## Variants", "## Multi-hop eval", "## Head probes", "## Crossover", "## Reproduce", "## Machine"):
+    for heading in (
+        "## Variants",
+        "## Multi-hop eval",
+        "## Head probes",
+        "## Crossover",
+        "## Reproduce",
+        "## Machine",
+    ):
         assert heading in md
     html = (out / "report.html").read_text()
     figures = re.findall(r"<img src='([^']*)'", html)
-    assert len(figures) == 4 and all(f.startswith("data:image/png;base64,") for f in figures)  # self-contained
+    assert len(figures) == 4 and all(
+        f.startswith("data:image/png;base64,") for f in figures
+    )  # self-contained
     for linked in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
         assert (out / linked).is_file()
 
@@ -100,7 +109,11 @@ def test_the_variants_table_comes_from_the_runs_files(study_run):
         kib_4k = model.state_bytes(4096) / 1024
         assert cells[3] == (f"{kib_4k / 1024:.1f} MiB" if kib_4k >= 1024 else f"{kib_4k:.1f} KiB")
         assert cells[6] == f"{result['val/loss']:.3f}" and cells[7] == f"{result['val/acc']:.3f}"
-        assert cells[9] == str(result["step"]) == str(json.loads((out / "plan.json").read_text())["train"]["steps"])
+        assert (
+            cells[9]
+            == str(result["step"])
+            == str(json.loads((out / "plan.json").read_text())["train"]["steps"])
+        )
 
 
 def test_eval_probe_and_crossover_tables_come_from_their_files(study_run):
@@ -110,7 +123,9 @@ def test_eval_probe_and_crossover_tables_come_from_their_files(study_run):
     for model in report["models"]:
         cell = next(c for c in model["cells"] if c["hops"] == 2 and c["length"] == 128)
         section = md[md.index("## Multi-hop eval") :]
-        line = next(line for line in section.splitlines() if line.startswith(f"| {model['name']} | mqar | 2 |"))
+        line = next(
+            line for line in section.splitlines() if line.startswith(f"| {model['name']} | mqar | 2 |")
+        )
         assert line.rstrip(" |").endswith(f"{cell['score']:.2f}")
     for variant in ("full", "lightning", "hybrid"):
         scores = json.loads((out / "probe" / variant / "scores.json").read_text())
@@ -195,7 +210,10 @@ def test_a_failing_stage_stops_with_its_message_and_keeps_the_earlier_results(tm
     study = from_dict(tiny(**{"stages": ["train", "eval", "probe", "crossover"]}))
     with pytest.raises(StudyError, match="stage probe failed: OSError: .*No space left on device"):
         run_study(study, out, progress=False)
-    status = {s: json.loads((out / "stages" / f"{s}.json").read_text())["status"] for s in ("train", "eval", "probe")}
+    status = {
+        s: json.loads((out / "stages" / f"{s}.json").read_text())["status"]
+        for s in ("train", "eval", "probe")
+    }
     assert status == {"train": "finished", "eval": "finished", "probe": "failed"}
     assert not (out / "stages" / "crossover.json").exists()
     md = (out / "report.md").read_text()
@@ -214,8 +232,14 @@ def test_a_failing_stage_stops_with_its_message_and_keeps_the_earlier_results(tm
         ({"stages": ["eval", "train"]}, "must start with train"),
         ({"stages": ["train", "report"]}, "a non-empty list from: train, eval, probe, crossover"),
         ({"train.share": 0.9}, "shares must sum to <= 1"),
-        ({"train.executor": {"kind": "slurm"}}, "train.executor.kind = 'slurm': allowed: sequential, processes"),
-        ({"variants": {"lightning": {"model.layers": "L"}}}, "the crossover stage needs a variant named full"),
+        (
+            {"train.executor": {"kind": "slurm"}},
+            "train.executor.kind = 'slurm': allowed: sequential, processes",
+        ),
+        (
+            {"variants": {"lightning": {"model.layers": "L"}}},
+            "the crossover stage needs a variant named full",
+        ),
         ({"variants": {"full": "F"}}, "variants.full = 'F': must be a mapping of dotted overrides"),
     ],
 )
@@ -243,7 +267,15 @@ def test_the_cli_names_a_missing_file_and_a_bad_budget(tmp_path):
 
 def test_the_default_study_is_valid_and_trains_the_seven_variants():
     study = load_study("study/default.yaml")
-    assert list(study.variants) == ["full", "mla", "swa", "lightning", "minimax-7to1", "swa-full-1to1", "intra"]
+    assert list(study.variants) == [
+        "full",
+        "mla",
+        "swa",
+        "lightning",
+        "minimax-7to1",
+        "swa-full-1to1",
+        "intra",
+    ]
     from attnlab.study.plan import variant_configs
 
     layouts = {
