@@ -21,7 +21,7 @@ from .config import StudyConfig
 
 LIGHTNING_OVERHEAD = 1.3  # measured steps in a Lightning run vs bare forward+backward+AdamW
 # Per run: data generation, final validation and export; in a subprocess also Python's start and imports.
-RUN_OVERHEAD_S = {"sequential": 3.0, "processes": 10.0, "submitit": 15.0}
+RUN_OVERHEAD_S = {"sequential": 5.0, "processes": 15.0, "submitit": 20.0}
 
 
 def variant_configs(study: StudyConfig) -> dict:
@@ -97,8 +97,10 @@ def plan_budget(study: StudyConfig, threads_per_run: int) -> dict:
 
 
 def scaled_base(study: StudyConfig, steps: int) -> dict:
-    """The base run config with `steps` optimizer steps: curriculum and warm-up scaled alike,
-    checkpoints 4 times a run (for --resume), validation at the end only."""
+    """The base run config with `steps` optimizer steps: curriculum, warm-up and the generated
+    training examples scaled alike (the same number of passes over the data, and no time spent
+    generating examples no step would see), checkpoints 4 times a run (for --resume), validation
+    at the end only."""
     base = copy.deepcopy(study.base)
     trainer = base.setdefault("trainer", {})
     configured = trainer.get("max_steps", steps)
@@ -111,8 +113,12 @@ def scaled_base(study: StudyConfig, steps: int) -> dict:
     optim = base.setdefault("optim", {})
     if "warmup_steps" in optim:
         optim["warmup_steps"] = max(1, round(optim["warmup_steps"] * ratio))
-    for entry in base.get("data", {}).get("task", {}).get("mixture", []):
+    task = base.get("data", {}).get("task", {})
+    for entry in [task, *task.get("mixture", [])]:
         if entry.get("start_step"):
             entry["start_step"] = max(1, round(entry["start_step"] * ratio))
+        if entry.get("train_examples") and ratio < 1:  # as many passes over fewer examples
+            batch = entry.get("batch_size", base.get("data", {}).get("batch_size", 32))
+            entry["train_examples"] = max(4 * batch, round(entry["train_examples"] * ratio))
     base.setdefault("seed", study.seed)
     return base

@@ -246,7 +246,7 @@ def crossover_stage(ctx: StageContext) -> dict:
     opts = CrossoverOptions(
         out=ctx.out / "crossover", models=models, lengths=list(section.lengths), batch=section.batch,
         decode_steps=section.decode_steps, repeats=section.repeats, deadline_s=deadline,
-        max_point_seconds=max(2.0, deadline / (3 * len(models))), memory_budget=1 << 30,
+        max_point_seconds=max(2.0, deadline / 4), memory_budget=1 << 30,
     )  # fmt: skip
     ctx.say(f"crossover: {len(models)} variants at {section.lengths[0]}..{section.lengths[-1]} tokens "
             f"(points past {minutes(deadline)} are skipped)")  # fmt: skip

@@ -292,5 +292,7 @@ def test_a_budget_cut_scales_the_curriculum_and_warmup_with_the_steps():
     base = scaled_base(study, 300)  # of the configured 1,500: a fifth
     assert base["trainer"]["max_steps"] == 300
     assert base["optim"]["warmup_steps"] == 6
-    assert [e.get("start_step", 0) for e in base["data"]["task"]["mixture"]] == [0, 160, 160, 160, 160, 160]
+    mixture = base["data"]["task"]["mixture"]
+    assert [e.get("start_step", 0) for e in mixture] == [0, 160, 160, 160, 160, 160]
+    assert [e["train_examples"] for e in mixture] == [8000, 8000, 3200, 3200, 1600, 1600]
     assert study.base["trainer"]["max_steps"] == 1500  # the config itself is untouched
