@@ -238,15 +238,18 @@ def probe_stage(ctx: StageContext) -> dict:
 
 # --- crossover ------------------------------------------------------------------------------------
 def crossover_stage(ctx: StageContext) -> dict:
+    import torch
+
     from attnlab.serve.crossover import CrossoverOptions, run
 
     section = ctx.study.crossover
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     models = {v: str(ctx.model_dir(v)) for v in ctx.study.variants}
     deadline = 0.85 * ctx.left()
     opts = CrossoverOptions(
         out=ctx.out / "crossover", models=models, lengths=list(section.lengths), batch=section.batch,
         decode_steps=section.decode_steps, repeats=section.repeats, deadline_s=deadline,
-        max_point_seconds=max(2.0, deadline / 4), memory_budget=1 << 30,
+        max_point_seconds=max(2.0, deadline / 4), memory_budget=1 << 30, device=device,
     )  # fmt: skip
     ctx.say(f"crossover: {len(models)} variants at {section.lengths[0]}..{section.lengths[-1]} tokens "
             f"(points past {minutes(deadline)} are skipped)")  # fmt: skip
