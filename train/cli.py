@@ -51,10 +51,28 @@ def cmd_train(args) -> int:
         result = train(cfg, resume=resume)
     except ValueError as err:
         return fail("train", err)
+    except OSError as err:  # a full disk, a read-only folder: the checkpoints written so far are kept
+        where = f" ({err.filename})" if err.filename else ""
+        print(
+            f"attnlab train: error: {err.strerror or err}{where}; checkpoints written so far are kept in "
+            f"{cfg.run_dir}/checkpoints. Resume with: attnlab train --config {cfg.run_dir}/config.yaml --resume",
+            file=sys.stderr,
+        )
+        return 1
     metrics = {k: round(v, 4) for k, v in result.items() if k.startswith("val/")}
     print(f"attnlab train: {result['status']} at step {result['step']} {metrics}")
-    if result["message"]:
-        print(f"attnlab train: {result['message']}; last good checkpoint kept in {cfg.run_dir}/checkpoints")
+    message = result["message"] or ""
+    if result["status"] == "interrupted":
+        print(
+            f"attnlab train: {message or 'interrupted'}; checkpoint in {cfg.run_dir}/checkpoints. Resume with: "
+            f"attnlab train --config {cfg.run_dir}/config.yaml --resume",
+            file=sys.stderr,
+        )
+        return 143 if "SIGTERM" in message else 130
+    if result["status"] == "finished" and message:
+        print(f"attnlab train: {message}")
+    elif message:
+        print(f"attnlab train: {message}; last good checkpoint kept in {cfg.run_dir}/checkpoints")
     return 0 if result["status"] == "finished" else 1
 
 

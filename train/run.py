@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +25,11 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..evals.mqar import training_options
 from .callbacks import GuardedCheckpoint, MetricsLog
+from .checkpoints import StopOnSignal, resume_checkpoint
 from .config import TrainConfig, dump_config, load_config
 from .data import TrainData, build_data
 from .metrics import flops_per_token, parameter_counts
@@ -45,8 +48,12 @@ def config_hash(cfg: TrainConfig) -> str:
 
 
 def read_result(run_dir: Path) -> dict | None:
+    """The run's result.json, or None when there is none (or it is unreadable: not finished)."""
     path = Path(run_dir) / "result.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def write_json(path: Path, values: dict) -> None:
@@ -66,9 +73,23 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback
             f"run_dir {str(run_dir)!r} already holds checkpoints; pass --resume to continue that run, "
             f"or choose another run_dir"
         )
+    previous = read_result(run_dir) if resume else None
+    if previous and previous.get("status") == "finished" and previous.get("config_hash") == config_hash(cfg):
+        return {**previous, "message": "already finished; nothing to resume"}  # nothing touched
+    ckpt_path = None
+    if resume:  # the newest checkpoint that loads, before anything in the run dir changes
+        ckpt_path, skipped = resume_checkpoint(ckpt_dir)
+        if skipped and ckpt_path is None:
+            raise ValueError(
+                f"no checkpoint in {ckpt_dir} loads ({'; '.join(skipped)}); nothing in {run_dir} was changed"
+            )
+        for problem in skipped:
+            print(f"attnlab train: skipping unreadable checkpoint {problem}", flush=True)
+        if skipped:
+            print(f"attnlab train: resuming from {ckpt_path.name}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "result.json").unlink(missing_ok=True)  # not finished until this attempt says so
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    if not resume:
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
 
     t = cfg.trainer
     if t.threads:
@@ -109,6 +130,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback
         every_n_train_steps=t.checkpoint_every,
         save_last=True,
     )
+    stop = StopOnSignal(last)
     loggers = [CSVLogger(run_dir, name="logs")]
     if importlib.util.find_spec("tensorboard"):
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -126,7 +148,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every,
         logger=loggers,
-        callbacks=[checkpoints, log, *callbacks],
+        callbacks=[RunStarted(run_dir, cfg), checkpoints, log, stop, *callbacks],
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
         accelerator=t.accelerator,
@@ -136,8 +158,11 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback
         use_distributed_sampler=False,  # StepSampler splits batches across ranks itself
     )
     datamodule = TrainData(data, cfg.seed)
-    ckpt_path = str(last) if resume and last.exists() else None
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    ckpt_path = str(ckpt_path) if ckpt_path else None
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:  # Lightning's way out after SIGTERM (a SystemExit with status 0)
+        stop.signal = stop.signal or signal.SIGTERM
 
     if module.stop_reason:
         status = "stopped"
@@ -145,10 +170,13 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback
         status = "finished"
     else:
         status = "interrupted"
+    message = module.stop_reason or (
+        f"{stop.reason} at step {trainer.global_step}" if status == "interrupted" and stop.reason else None
+    )
     model = module.model
     result = {
         "status": status,
-        "message": module.stop_reason,
+        "message": message,
         "step": trainer.global_step,
         "resumed_from": ckpt_path,
         "strategy": type(trainer.strategy).__name__,
@@ -178,6 +206,26 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback
     if trainer.is_global_zero:
         write_json(run_dir / "result.json", result)
     return result
+
+
+class RunStarted(L.Callback):
+    """When training has actually started (a resumed checkpoint restored): the run is no longer
+    finished, and config.yaml says what this attempt runs. Until then a failed resume changes
+    nothing in the run dir."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig):
+        self.run_dir, self.cfg = run_dir, cfg
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            (self.run_dir / "result.json").unlink(missing_ok=True)
+            write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def eval_spec(cfg: TrainConfig):
