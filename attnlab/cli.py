@@ -44,7 +44,12 @@ def positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except OSError as err:  # a read-only or full output folder, a missing file: one line, not a traceback
+        where = f": {err.filename}" if err.filename else ""
+        print(f"attnlab {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -132,7 +132,10 @@ def cmd_eval(args) -> int:
     except ValueError as err:  # e.g. --options naming an option the task does not have
         raise SystemExit(f"attnlab eval: error: {err}") from None
     out = Path(args.out) if args.out else paths[0] / ("eval-compare" if args.compare else "eval")
-    run_eval(paths, spec, out, args.device)
+    try:
+        run_eval(paths, spec, out, args.device)
+    except (ValueError, FileNotFoundError) as err:  # a damaged model folder, a PATH with no model
+        raise SystemExit(f"attnlab eval: error: {err}") from None
     print((out / "eval.md").read_text())
     print(f"wrote {out}/eval.json, eval.md, predictions.jsonl, accuracy_vs_length.png, heatmap.png")
     return 0

@@ -44,6 +44,11 @@ class AttnLabLM(LM):
         if device in (None, "cuda", "cuda:0") and not torch.cuda.is_available():
             device = "cpu"  # lm-eval's CLI default is cuda:0
         self.model, self.tokenizer, self.model_dir = load_model(pretrained, device)
+        if self.tokenizer is None:
+            raise ValueError(
+                f"attnlab model_args pretrained={pretrained}: no tokenizer in {self.model_dir} (a model trained "
+                "only on token tasks such as MQAR); lm-eval tasks are text: save a tokenizer with the model"
+            )
         self.model.to(DTYPES[dtype])
         self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
         self.max_length = int(getattr(self.model.config, "max_position_embeddings", 8192))

@@ -9,6 +9,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
+from ..archs.model_files import check_model_files
 from .mqar import training_options
 from .tokenizer import load_tokenizer
 
@@ -41,6 +42,7 @@ def load_model(path: str | Path, device: str | None = None):
     import attnlab  # noqa: F401  (registers the attnlab model type with the Auto classes)
 
     model_dir = resolve_model_dir(path)
+    check_model_files(model_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device).eval()
     try:

@@ -165,12 +165,16 @@ def run_eval(
     MQAR samples follow each model's own training data: for an attnlab run trained on MQAR, the
     generator options it was trained with (power_a, random_non_queries, separator) are the defaults,
     and `spec.options["mqar"]` overrides them."""
+    from ..archs.model_files import check_model_files
+    from .loading import resolve_model_dir
     from .plots import plot_heatmaps, plot_lines
     from .report import across_seeds, markdown_report
 
+    paths = [Path(p) for p in paths]
+    for path in paths:  # every model's files, before anything is written
+        check_model_files(resolve_model_dir(path))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [Path(p) for p in paths]
     report = {"suite": spec.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": []}
     with (out_dir / "predictions.jsonl").open("w") as log:
         for name, path in zip(model_names(paths), paths, strict=True):

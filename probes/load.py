@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 import attnlab  # noqa: F401  (registers the attnlab Auto classes)
 
+from ..archs.model_files import check_model_files
 from .hf_attention import IMPLEMENTATION
 
 
@@ -34,6 +35,7 @@ def model_folder(path: str | Path) -> Path:
 
 def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
     folder = model_folder(path)
+    check_model_files(folder)
     model_type = json.loads((folder / "config.json").read_text()).get("model_type")
     kwargs = {"dtype": dtype}
     if model_type != "attnlab":

@@ -30,6 +30,9 @@ def run_probes(
     mode: str = "uniform",
     draws: int = 5,
 ) -> dict:
+    heads = len(target.all_heads())
+    if ablate_k is not None and not 1 <= ablate_k < heads:  # checked before any work or output
+        raise ValueError(f"--ablate top:{ablate_k}: the model has {heads} heads; k must be in 1..{heads - 1}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     instances = {name: get_probe(name) for name in probes}

@@ -292,6 +292,7 @@ def roofline(model, rates: dict, context: int, batch: int, tokens: int) -> float
 def run(opts: CrossoverOptions, progress: bool = True) -> dict:
     from .crossover_report import write_outputs
 
+    Path(opts.out).mkdir(parents=True, exist_ok=True)  # a folder that cannot be written fails first
     rates = machine_rates(opts.device, opts.hidden)
     started = time.perf_counter()
     points = {}
