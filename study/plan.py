@@ -2,9 +2,9 @@
 
 Training is the stage that decides whether a study fits, so its size is measured, not guessed:
 each variant's model takes a few optimizer steps on one batch of the data's largest slice (with the
-torch threads one executor worker gets), and the step count is the most that fits the training
-share for all variants, split over the workers, with Lightning's overhead and each run's start-up
-and final validation on top. All variants train the same number of steps (a fair comparison), from
+torch threads one executor worker gets), and the step count is the most for which the runs,
+handed out in order to the workers as the sweep executors do, all end within the training share,
+with Lightning's overhead and each run's start-up and final validation on top. All variants train the same number of steps (a fair comparison), from
 `train.min_steps` up to the configured `base.trainer.max_steps`; a cut scales the curriculum (the
 mixture's start_step) and warm-up with it. The plan is written once, at the first start, to
 `<out>/plan.json`; `--resume` reuses it, so a resumed run continues the same runs.
@@ -76,9 +76,16 @@ def plan_budget(study: StudyConfig, threads_per_run: int) -> dict:
     )
     workers = study.train.workers
     available = stage_s["train"] - (time.perf_counter() - started)
-    waves = -(-len(configs) // workers)  # runs start in waves of `workers`
     overhead = RUN_OVERHEAD_S[study.train.executor.get("kind", "sequential")]
-    fit = (available * workers - waves * workers * overhead) / (LIGHTNING_OVERHEAD * sum(seconds.values()))
+
+    def stage_seconds(steps: int) -> float:
+        return makespan([overhead + steps * LIGHTNING_OVERHEAD * s for s in seconds.values()], workers)
+
+    lo, hi = 0, configured  # the most steps whose schedule fits (binary search: it grows with the steps)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if stage_seconds(mid) <= available else (lo, mid - 1)
+    fit = lo
     steps = int(max(study.train.min_steps, min(configured, fit)))
     return {
         "budget_s": study.budget_s,
@@ -86,7 +93,8 @@ def plan_budget(study: StudyConfig, threads_per_run: int) -> dict:
         "train": {
             "steps": steps,
             "configured_steps": configured,
-            "fit_steps": int(max(fit, 0)),
+            "fit_steps": fit,
+            "planned_seconds": round(stage_seconds(steps), 1),
             "scaled": steps < configured,
             "step_seconds": seconds,
             "threads_per_run": threads_per_run,
@@ -94,6 +102,16 @@ def plan_budget(study: StudyConfig, threads_per_run: int) -> dict:
             "calibration_s": round(time.perf_counter() - started, 2),
         },
     }
+
+
+def makespan(durations: list[float], workers: int) -> float:
+    """Seconds until the last run ends when runs start in order, each on the first free worker
+    (how the sweep executors hand them out)."""
+    free = [0.0] * workers
+    for d in durations:
+        i = free.index(min(free))
+        free[i] += d
+    return max(free)
 
 
 def scaled_base(study: StudyConfig, steps: int) -> dict:

@@ -296,3 +296,12 @@ def test_a_budget_cut_scales_the_curriculum_and_warmup_with_the_steps():
     assert [e.get("start_step", 0) for e in mixture] == [0, 160, 160, 160, 160, 160]
     assert [e["train_examples"] for e in mixture] == [8000, 8000, 3200, 3200, 1600, 1600]
     assert study.base["trainer"]["max_steps"] == 1500  # the config itself is untouched
+
+
+def test_the_schedule_model_hands_runs_to_the_first_free_worker():
+    from attnlab.study.plan import makespan
+
+    assert makespan([1, 1, 1], 2) == 2  # the third run waits for a worker
+    assert makespan([3, 1, 1, 1], 2) == 3
+    assert makespan([2, 2, 2, 2, 2, 2, 2], 2) == 8  # 7 runs on 2 workers: 4 rounds, not 3.5
+    assert makespan([5], 4) == 5
