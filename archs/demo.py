@@ -9,10 +9,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
-from .config import AttnLabConfig
-from .model import AttnLabForCausalLM
 from .presets import preset
 
 DEMO_VARIANTS: dict[str, dict] = {
@@ -42,7 +38,9 @@ DEMO_VARIANTS: dict[str, dict] = {
 CONTEXTS = (1024, 8192, 65536)
 
 
-def demo_config(spec: dict) -> AttnLabConfig:
+def demo_config(spec: dict):
+    from .config import AttnLabConfig
+
     n = len(spec["layers"])
     return AttnLabConfig(
         vocab_size=256,
@@ -54,7 +52,9 @@ def demo_config(spec: dict) -> AttnLabConfig:
     )
 
 
-def greedy_without_cache(model, ids: torch.Tensor, steps: int) -> torch.Tensor:
+def greedy_without_cache(model, ids, steps: int):
+    import torch
+
     for _ in range(steps):
         nxt = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
         ids = torch.cat([ids, nxt], dim=1)
@@ -62,6 +62,10 @@ def greedy_without_cache(model, ids: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def run_demo(out_dir: Path, new_tokens: int = 24) -> list[dict]:
+    import torch
+
+    from .model import AttnLabForCausalLM
+
     out_dir.mkdir(parents=True, exist_ok=True)
     prompt = torch.tensor([list(b"attnlab: one model, many mixers. ")])
     rows = []

@@ -63,7 +63,7 @@ def options_json(text: str) -> dict:
 def register(sub) -> None:
     from attnlab.cli import positive_int
 
-    from .suite import SUITES
+    from .suite_names import SUITES
 
     p = sub.add_parser(
         "eval",

@@ -39,7 +39,7 @@ def load_model(path: str | Path, device: str | None = None):
     """-> (model in eval mode on `device`, tokenizer or None, model dir). A model trained only on
     token tasks (e.g. MQAR with its own vocabulary) may have no tokenizer: text tasks are then
     skipped, token tasks still run."""
-    import attnlab  # noqa: F401  (registers the attnlab model type with the Auto classes)
+    import attnlab.archs.model  # noqa: F401  (registers the attnlab model type with the Auto classes)
 
     model_dir = resolve_model_dir(path)
     check_model_files(model_dir)

@@ -13,26 +13,9 @@ from dataclasses import asdict, dataclass, field
 from . import tasks  # noqa: F401  (registers every text task)
 from .mqar import check_mqar_args, mqar
 from .registry import TEXT_TASKS
+from .suite_names import SUITES
 
 TOKEN_TASKS = ("mqar",)  # teacher-forced, token-level (evals/mqar.py); k-hop when hops > 1
-
-SUITES: dict[str, tuple[str, ...]] = {
-    # multi-hop reasoning over long context, with single-hop retrieval (niah_multikey) as control
-    "multihop": ("mqar", "variable_tracking", "facts", "niah_multikey"),
-    "ruler": ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "variable_tracking"),
-    "copy": ("copy", "ngram_lookup"),
-    "mqar": ("mqar",),
-    "text": (
-        "variable_tracking",
-        "facts",
-        "niah_single",
-        "niah_multikey",
-        "niah_multivalue",
-        "niah_multiquery",
-        "copy",
-        "ngram_lookup",
-    ),
-}
 
 
 def all_tasks() -> tuple[str, ...]:

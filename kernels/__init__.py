@@ -5,11 +5,11 @@ Call an op like a function; dispatch picks the backend (`backend="name"` overrid
     o, final = lightning_prefill(q, k, v, slope, initial_state, output_final_state=True)
 """
 
-from .attention_ops import paged_attn_decode, swa_prefill
-from .lightning_ops import lightning_decode, lightning_prefill
-from .mla_ops import mla_decode
-from .paged_ops import paged_attn_prefill
-from .state_ops import state_group, state_load, state_store, stored_state_bytes
+# Names load on first use (PEP 562), so commands that only need one part (and `attnlab --help`)
+# do not import everything.
+from __future__ import annotations
+
+import importlib
 
 __all__ = [
     "lightning_decode",
@@ -23,3 +23,24 @@ __all__ = [
     "stored_state_bytes",
     "swa_prefill",
 ]
+
+_LAZY = {
+    "paged_attn_decode": "attention_ops",
+    "swa_prefill": "attention_ops",
+    "lightning_decode": "lightning_ops",
+    "lightning_prefill": "lightning_ops",
+    "mla_decode": "mla_ops",
+    "paged_attn_prefill": "paged_ops",
+    "state_group": "state_ops",
+    "state_load": "state_ops",
+    "state_store": "state_ops",
+    "stored_state_bytes": "state_ops",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,9 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .ablation import parse_ablate
-from .load import model_folder
-from .target import MODES
+from .modes import MODES
 
 DEFAULT_PROBES = "retrieval,induction,previous_token,duplicate,prefix_matching"
 
@@ -29,7 +27,16 @@ def probe_list(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def probe_name(text: str) -> str:
+    names = probe_list(text)
+    if len(names) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one probe name")
+    return names[0]
+
+
 def ablate_spec(text: str) -> int:
+    from .ablation import parse_ablate
+
     try:
         return parse_ablate(text)
     except ValueError as err:
@@ -37,6 +44,8 @@ def ablate_spec(text: str) -> int:
 
 
 def existing_model(text: str) -> str:
+    from .load import model_folder
+
     try:
         model_folder(text)
     except ValueError as err:
@@ -47,8 +56,6 @@ def existing_model(text: str) -> str:
 def register(sub) -> None:
     from attnlab.cli import positive_int
 
-    from .registry import probe_names
-
     p = sub.add_parser("probe", help="score attention heads (retrieval, induction, ...) and ablate them")
     p.add_argument(
         "path", metavar="PATH", type=existing_model, help="attnlab run dir (with hf/) or HF model folder"
@@ -56,15 +63,13 @@ def register(sub) -> None:
     p.add_argument(
         "--probes",
         type=probe_list,
-        default=probe_list(DEFAULT_PROBES),
+        default=DEFAULT_PROBES,  # a string default goes through `type` at parse time (no import here)
         help=f"comma list (default: {DEFAULT_PROBES})",
     )
     p.add_argument(
         "--ablate", type=ablate_spec, default=None, metavar="top:K", help="mask the top K heads vs K random"
     )
-    p.add_argument(
-        "--ablate-by", choices=probe_names(), default="retrieval", help="probe whose scores rank heads"
-    )
+    p.add_argument("--ablate-by", type=probe_name, default="retrieval", help="probe whose scores rank heads")
     p.add_argument(
         "--mask", choices=MODES, default="uniform", help="uniform attention (Wu et al.) or zero output"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-import attnlab  # noqa: F401  (registers the attnlab Auto classes)
+import attnlab.archs.model  # noqa: F401  (registers the attnlab Auto classes)
 
 from ..archs.model_files import check_model_files
 from .hf_attention import IMPLEMENTATION

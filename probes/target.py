@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .hf_attention import FLAGS_ATTR, IMPLEMENTATION, HeadFlags, record_attention_calls
-
-MODES = ("uniform", "zero")
+from .modes import MODES
 
 
 @dataclass

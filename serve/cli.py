@@ -9,8 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 
 def _list(kind: str, allowed=None, cast=str):
     def parse(text: str) -> list:
@@ -106,7 +104,7 @@ def register_crossover(bench) -> None:
     p = bench.add_parser("crossover", help="where each family becomes cheaper than full attention")
     p.add_argument("--out", type=Path, default=Path("runs/crossover"))
     p.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"]
+        "--device", default=None, choices=["cpu", "cuda"], help="default: cuda when there is one, else cpu"
     )
     p.add_argument(
         "--lengths", type=_lengths, default=_lengths("128:65536"), help="LO:HI doubling, or a list"
@@ -148,9 +146,12 @@ def _named_models(text: str) -> dict[str, str]:
 
 
 def cmd_bench_crossover(args) -> int:
+    import torch
+
     from .config import parse_memory
     from .crossover import CrossoverOptions, run
 
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and not torch.cuda.is_available():
         print(
             "attnlab bench crossover: error: --device cuda but no CUDA device is available", file=sys.stderr
@@ -293,6 +294,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_bench_serve(args) -> int:
+    import torch
+
     from ..kernels.harness import keep_freed_memory
     from .bench import BenchOptions, run
 

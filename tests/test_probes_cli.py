@@ -61,7 +61,7 @@ def test_probe_cli_reads_the_hf_export_of_an_attnlab_run_dir(tmp_path):
         (["--ablate", "top8"], "--ablate", "top:K"),
         (["--ablate", "top:0"], "--ablate", "top:K"),
         (["--mask", "half"], "--mask", "'uniform', 'zero'"),
-        (["--ablate-by", "copying"], "--ablate-by", "'retrieval'"),
+        (["--ablate-by", "copying"], "--ablate-by", "allowed: retrieval, induction"),
     ],
 )
 def test_bad_flags_name_the_flag_and_the_allowed_values(llama_dir, capsys, extra, flag, allowed):

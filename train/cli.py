@@ -40,12 +40,13 @@ def fail(command: str, err: Exception) -> int:
 
 def cmd_train(args) -> int:
     from .config import parse_args
-    from .run import train
 
     try:
         cfg, resume = parse_args(args.words)
     except ValueError as err:
         return fail("train", err)
+    from .run import train  # Lightning: after parsing, so --help and bad flags answer fast
+
     print(f"attnlab train -> {cfg.run_dir}" + (" (resume)" if resume else ""), flush=True)
     try:
         result = train(cfg, resume=resume)

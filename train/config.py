@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..archs.config import AttnLabConfig
 from ..archs.presets import PRESETS, preset
 from ..evals.mqar import check_mqar_args
 from .tasks import TASKS
@@ -98,7 +97,9 @@ class ModelSection:
             **self.extra,
         )
 
-    def hf_config(self, data_vocab_size: int) -> AttnLabConfig:
+    def hf_config(self, data_vocab_size: int):
+        from ..archs.config import AttnLabConfig
+
         try:
             return AttnLabConfig(**self.hf_kwargs(data_vocab_size))
         except (ValueError, TypeError) as err:
@@ -275,7 +276,8 @@ class TrainerSection:
                 raise ValueError(f"trainer.{name} = {value!r}: must be a positive integer")
         positive(self.keep_checkpoints, "trainer.keep_checkpoints", allow_zero=True)
         choose(self.precision, PRECISIONS, "trainer.precision")
-        choose(self.strategy, lightning_strategies(), "trainer.strategy")
+        if self.strategy != "auto":  # the registry imports Lightning: only when it is asked about
+            choose(self.strategy, lightning_strategies(), "trainer.strategy")
         if self.threads is not None:
             positive(self.threads, "trainer.threads")
 

@@ -21,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .run import read_result, train_from_file, write_json
+from .run_files import read_result, write_json
 
 
 def execute(config_paths: list[Path], executor, out_dir: Path) -> None:
@@ -37,6 +37,8 @@ def execute(config_paths: list[Path], executor, out_dir: Path) -> None:
 def run_guarded(config_path: str) -> dict:
     """train_from_file that turns an exception into a "failed" result instead of ending the sweep."""
     try:
+        from .run import train_from_file
+
         return train_from_file(config_path, resume=True)
     except Exception as err:  # noqa: BLE001 - any failure of one run is recorded, the sweep goes on
         run_dir = Path(config_path).parent

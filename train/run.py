@@ -13,9 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
-import json
 import os
 import signal
 import time
@@ -34,32 +32,7 @@ from .config import TrainConfig, dump_config, load_config
 from .data import TrainData, build_data
 from .metrics import flops_per_token, parameter_counts
 from .module import CausalLMModule
-
-# Fields that change how a run executes, not what it computes.
-EXECUTION_ONLY = {"progress_bar", "threads"}
-
-
-def config_hash(cfg: TrainConfig) -> str:
-    values = cfg.to_dict()
-    values["trainer"] = {k: v for k, v in values["trainer"].items() if k not in EXECUTION_ONLY}
-    if cfg.eval.suite is None:  # no suite: the same run as before `eval:` existed (same hash)
-        del values["eval"]
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def read_result(run_dir: Path) -> dict | None:
-    """The run's result.json, or None when there is none (or it is unreadable: not finished)."""
-    path = Path(run_dir) / "result.json"
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def write_json(path: Path, values: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(values, indent=2) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a result
+from .run_files import EXECUTION_ONLY, config_hash, read_result, write_json  # noqa: F401  (re-exported)
 
 
 def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback] = ()) -> dict:

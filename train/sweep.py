@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from .config import TrainConfig, choose, config_from_dict, dump_config
-from .run import config_hash, read_result
+from .run_files import config_hash, read_result
 
 EXECUTORS = ("sequential", "processes", "submitit")
 FINAL_STATUSES = ("finished", "stopped")  # a re-run would not change these
