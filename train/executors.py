@@ -63,7 +63,12 @@ def run_processes(config_paths: list[Path], workers: int) -> None:
         drive_processes(queue, running, workers, threads)
     except BaseException:  # Ctrl-C: do not leave runs training without their sweep
         for proc, _, _ in running:
-            proc.terminate()
+            proc.terminate()  # SIGTERM: each run stops after its step, with a checkpoint of it
+        for proc, _, _ in running:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         raise
 
 
