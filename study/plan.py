@@ -4,9 +4,10 @@ Training is the stage that decides whether a study fits, so its size is measured
 each variant's model takes a few optimizer steps on one batch of the data's largest slice (with the
 torch threads one executor worker gets), and the step count is the most for which the runs,
 handed out in order to the workers as the sweep executors do, all end within the training share,
-with Lightning's overhead and each run's start-up and final validation on top. All variants train the same number of steps (a fair comparison), from
-`train.min_steps` up to the configured `base.trainer.max_steps`; a cut scales the curriculum (the
-mixture's start_step) and warm-up with it. The plan is written once, at the first start, to
+with Lightning's overhead and each run's start-up and final validation on top. All variants
+train the same number of steps (a fair comparison), from `train.min_steps` up to the configured
+`base.trainer.max_steps`; a cut scales the warm-up and the generated examples with it and keeps
+the curriculum's start steps. The plan is written once, at the first start, to
 `<out>/plan.json`; `--resume` reuses it, so a resumed run continues the same runs.
 """
 
@@ -115,10 +116,10 @@ def makespan(durations: list[float], workers: int) -> float:
 
 
 def scaled_base(study: StudyConfig, steps: int) -> dict:
-    """The base run config with `steps` optimizer steps: curriculum, warm-up and the generated
-    training examples scaled alike (the same number of passes over the data, and no time spent
-    generating examples no step would see), checkpoints 4 times a run (for --resume), validation
-    at the end only."""
+    """The base run config with `steps` optimizer steps: warm-up and the generated training
+    examples scaled alike (the same number of passes over the data, and no time spent generating
+    examples no step would see), the curriculum's start steps kept, checkpoints 4 times a run
+    (for --resume), validation at the end only."""
     base = copy.deepcopy(study.base)
     trainer = base.setdefault("trainer", {})
     configured = trainer.get("max_steps", steps)
@@ -133,8 +134,9 @@ def scaled_base(study: StudyConfig, steps: int) -> dict:
         optim["warmup_steps"] = max(1, round(optim["warmup_steps"] * ratio))
     task = base.get("data", {}).get("task", {})
     for entry in [task, *task.get("mixture", [])]:
-        if entry.get("start_step"):
-            entry["start_step"] = max(1, round(entry["start_step"] * ratio))
+        # The curriculum keeps its start steps: a model must learn the first slice before harder
+        # ones arrive (cutting the warm-up phase with the run makes them arrive too early); a
+        # slice that would start after the last step is not trained, only validated.
         if entry.get("train_examples") and ratio < 1:  # as many passes over fewer examples
             batch = entry.get("batch_size", base.get("data", {}).get("batch_size", 32))
             entry["train_examples"] = max(4 * batch, round(entry["train_examples"] * ratio))

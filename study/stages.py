@@ -86,7 +86,8 @@ def train_stage(ctx: StageContext) -> dict:
     (ctx.out / "variants.json").write_text(json.dumps(variants, indent=2))
     note = (
         f"Each variant trained {steps} steps, scaled down from the configured {ctx.plan['train']['configured_steps']} "
-        f"to fit the training share of the budget (curriculum and warm-up scaled alike)."
+        f"to fit the training share of the budget (warm-up and generated examples scaled alike; the "
+        "curriculum keeps its start steps, so slices starting after the last step are only validated)."
         if ctx.plan["train"]["scaled"]
         else f"Each variant trained the configured {steps} steps."
     )

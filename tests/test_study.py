@@ -287,13 +287,13 @@ def test_the_default_study_is_valid_and_trains_the_seven_variants():
     assert all(len(types) == 8 for types in layouts.values())
 
 
-def test_a_budget_cut_scales_the_curriculum_and_warmup_with_the_steps():
+def test_a_budget_cut_scales_warmup_and_examples_and_keeps_the_curriculum():
     study = load_study("study/default.yaml")
     base = scaled_base(study, 300)  # of the configured 1,500: a fifth
     assert base["trainer"]["max_steps"] == 300
     assert base["optim"]["warmup_steps"] == 6
     mixture = base["data"]["task"]["mixture"]
-    assert [e.get("start_step", 0) for e in mixture] == [0, 160, 160, 160, 160, 160]
+    assert [e.get("start_step", 0) for e in mixture] == [0, 800, 800, 800, 800, 800]  # kept
     assert [e["train_examples"] for e in mixture] == [8000, 8000, 3200, 3200, 1600, 1600]
     assert study.base["trainer"]["max_steps"] == 1500  # the config itself is untouched
 
