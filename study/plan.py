@@ -20,7 +20,7 @@ import torch
 
 from .config import StudyConfig
 
-LIGHTNING_OVERHEAD = 1.3  # measured steps in a Lightning run vs bare forward+backward+AdamW
+LIGHTNING_OVERHEAD = 1.5  # a step in a Lightning run, two runs sharing the cores, vs a bare step alone
 # Per run: data generation, final validation and export; in a subprocess also Python's start and imports.
 RUN_OVERHEAD_S = {"sequential": 5.0, "processes": 15.0, "submitit": 20.0}
 
