@@ -28,12 +28,13 @@ def _load() -> None:
 
 
 def probe_names() -> list[str]:
+    """In PROBE_MODULES order, whatever order the modules happened to be imported in."""
     _load()
-    return list(_PROBES)
+    return sorted(_PROBES, key=lambda name: PROBE_MODULES.index(_PROBES[name].__module__))
 
 
 def get_probe(name: str):
     _load()
     if name not in _PROBES:
-        raise ValueError(f"unknown probe {name!r}; allowed: {', '.join(_PROBES)}")
+        raise ValueError(f"unknown probe {name!r}; allowed: {', '.join(probe_names())}")
     return _PROBES[name]()
