@@ -90,6 +90,19 @@ def seeds_table(report: dict) -> list[str]:
     return lines
 
 
+def skip_lines(model: dict) -> list[str]:
+    """Why a model's cells were skipped, one line per reason: 'full: 8 cells skipped (...): reason'."""
+    reasons: dict[str, list[dict]] = {}
+    for c in model["cells"]:
+        if c.get("skipped"):
+            reasons.setdefault(c["skipped"], []).append(c)
+    lines = []
+    for reason, cells in reasons.items():
+        tasks = ", ".join(dict.fromkeys(c["task"] for c in cells))
+        lines.append(f"{model['name']}: {len(cells)} cell(s) skipped ({tasks}): {reason}")
+    return lines
+
+
 def markdown_report(report: dict) -> str:
     spec = report["suite"]
     lengths, rows, cells = grid(report)
@@ -112,6 +125,9 @@ def markdown_report(report: dict) -> str:
                 cell = cells.get((name, task, hops, n))
                 values.append("–" if cell is None or cell["score"] is None else f"{100 * cell['score']:.1f}")
             lines.append(f"| {task} | {hops} | {name} | " + " | ".join(values) + " |")
+    skipped = [line for m in report["models"] for line in skip_lines(m)]
+    if skipped:
+        lines += ["", "Skipped cells:", ""] + [f"- {line}" for line in skipped]
     lines += seeds_table(report)
     lines += ["", "| model | path | seconds |", "|---|---|---|"]
     lines += [f"| {m['name']} | `{m['path']}` | {m['seconds']} |" for m in report["models"]]

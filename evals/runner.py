@@ -60,7 +60,7 @@ def run_suite(
             bar.set_postfix_str(f"{task} len={length} hops={hops}")
             options = spec.options.get(task, {})
             if task in TOKEN_TASKS:
-                cell = run_token_cell(model, task, length, hops, spec, options)
+                cell = run_token_cell(model, task, length, hops, spec, options, result.predictions)
             elif tokenizer is None:
                 cell = skipped(task, length, hops, "no tokenizer for a text task")
             else:
@@ -88,7 +88,9 @@ def skipped(task: str, length: int, hops: int, reason: str) -> dict:
     return {"task": task, "length": length, "hops": hops, "score": None, "n": 0, "skipped": reason}
 
 
-def run_token_cell(model, task: str, length: int, hops: int, spec: SuiteSpec, options: dict) -> dict:
+def run_token_cell(
+    model, task: str, length: int, hops: int, spec: SuiteSpec, options: dict, predictions: list | None = None
+) -> dict:
     from .token_tasks import chain_accuracy, mqar_cell
 
     assert task == "mqar", task
@@ -98,7 +100,12 @@ def run_token_cell(model, task: str, length: int, hops: int, spec: SuiteSpec, op
         )
     except ValueError as err:  # the vocabulary or length cannot hold this cell
         return skipped(task, length, hops, str(err))
-    accuracy = chain_accuracy(model, ids, labels, hops, spec.batch_size)
+    rows: list[dict] = []
+    accuracy = chain_accuracy(model, ids, labels, hops, spec.batch_size, rows)
+    if predictions is not None:
+        for row in rows:
+            right = row["chains_right"] == row["chains"]
+            predictions.append({"task": task, "length": length, "hops": hops, **row, "score": float(right)})
     return {
         "task": task,
         "length": length,
@@ -168,7 +175,7 @@ def run_eval(
     from ..archs.model_files import check_model_files
     from .loading import resolve_model_dir
     from .plots import plot_heatmaps, plot_lines
-    from .report import across_seeds, markdown_report
+    from .report import across_seeds, markdown_report, skip_lines
 
     paths = [Path(p) for p in paths]
     for path in paths:  # every model's files, before anything is written
@@ -199,6 +206,9 @@ def run_eval(
             )
             for row in result.predictions:
                 log.write(json.dumps({"model": name, **row}) + "\n")
+            if progress:
+                for line in skip_lines(report["models"][-1]):
+                    print(f"  {line}", flush=True)
             del model
     if seeds := across_seeds(report):  # the models are a sweep's seeds: also per variant
         report["across_seeds"] = seeds

@@ -45,9 +45,17 @@ def mqar_cell(
 
 
 @torch.no_grad()
-def chain_accuracy(model, ids: torch.Tensor, labels: torch.Tensor, hops: int, batch_size: int) -> dict:
+def chain_accuracy(
+    model,
+    ids: torch.Tensor,
+    labels: torch.Tensor,
+    hops: int,
+    batch_size: int,
+    predictions: list | None = None,
+) -> dict:
     """-> {chain: fraction of chains with all `hops` links right, token: fraction of answer tokens
-    right, sample: fraction of samples with every chain right}."""
+    right, sample: fraction of samples with every chain right}. With `predictions`, one row per
+    sample is appended: its answer tokens, the model's greedy guesses for them, chains right."""
     device = next(model.parameters()).device
     tokens, chains, samples = [], [], []
     for start in range(0, len(ids), batch_size):
@@ -59,10 +67,23 @@ def chain_accuracy(model, ids: torch.Tensor, labels: torch.Tensor, hops: int, ba
         hits = answer_token_hits(logits, target).cpu()  # [A], row-major: a chain's links are adjacent
         per_row = (target[:, 1:] != -100).sum(-1).tolist()  # answers per row (chains x hops)
         tokens.append(hits)
-        for row in hits.split(per_row):
+        guesses = logits[:, :-1].argmax(-1).cpu()  # [B, T-1]: the guess for position t+1
+        answers = target[:, 1:].cpu()
+        for r, row in enumerate(hits.split(per_row)):
             whole = row.view(-1, hops).all(-1)  # [chains]
             chains.append(whole)
             samples.append(bool(whole.all()))
+            if predictions is not None:
+                mask = answers[r] != -100
+                predictions.append(
+                    {
+                        "index": start + r,
+                        "answers": answers[r][mask].tolist(),
+                        "prediction": guesses[r][mask].tolist(),
+                        "chains_right": int(whole.sum()),
+                        "chains": len(whole),
+                    }
+                )
     return {
         "chain": torch.cat(chains).float().mean().item(),
         "token": torch.cat(tokens).float().mean().item(),

@@ -132,7 +132,10 @@ def _run(args, title: str, default_suite: str | None, yardstick: bool) -> int:
     path = report.write_run(Path(args.out), f"{title} (suite {suite})", traces, summary, bmm_rows)
     print(path.read_text())
     if not args.no_rank:
-        print(f"rankings stored for dispatch in {dispatch.cache_path()}")
+        print(
+            f"rankings stored for dispatch in {dispatch.cache_path()}: every later run on this machine picks "
+            "its backends from them (--no-rank does not store them; ATTNLAB_KERNEL_CACHE moves the file)"
+        )
     for line in summary["failed"]:
         print(f"FAILED {line}", file=sys.stderr)
     return 1 if failed else 0

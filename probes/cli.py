@@ -74,7 +74,9 @@ def register(sub) -> None:
         "--mask", choices=MODES, default="uniform", help="uniform attention (Wu et al.) or zero output"
     )
     p.add_argument("--draws", type=positive_int, default=5, help="random head sets to compare against")
-    p.add_argument("--out", default="runs/probe", help="output directory")
+    p.add_argument(
+        "--out", default=None, help="output directory (default: PATH/probe, next to the model, as eval)"
+    )
     p.add_argument("--max-context", type=positive_int, default=None, help="cap on NIAH prompt+answer tokens")
     p.add_argument(
         "--seq-len", type=positive_int, default=50, help="random tokens per repeat (induction etc.)"
@@ -133,6 +135,7 @@ def cmd_probe(args) -> int:
         else args.kv_separator == "on",
         progress=not args.no_progress,
     )
+    args.out = args.out or str(Path(args.path) / "probe")
     print(f"attnlab probe: {args.path} -> {args.out} ({', '.join(args.probes)})", flush=True)
     try:
         target = ProbeTarget.wrap(load_model(args.path, device=args.device))

@@ -32,6 +32,7 @@ from .config import TrainConfig, dump_config, load_config
 from .data import TrainData, build_data
 from .metrics import flops_per_token, parameter_counts
 from .module import CausalLMModule
+from .progress import StepProgressBar, quiet_lightning
 from .run_files import EXECUTION_ONLY, config_hash, read_result, write_json  # noqa: F401  (re-exported)
 
 
@@ -65,6 +66,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback
         (run_dir / "config.yaml").write_text(dump_config(cfg))
 
     t = cfg.trainer
+    quiet_lightning()
     if t.threads:
         torch.set_num_threads(t.threads)
     if t.compile:
@@ -121,7 +123,8 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback
         num_sanity_val_steps=0,
         log_every_n_steps=t.log_every,
         logger=loggers,
-        callbacks=[RunStarted(run_dir, cfg), checkpoints, log, stop, *callbacks],
+        callbacks=[RunStarted(run_dir, cfg), checkpoints, log, stop, *callbacks]
+        + ([StepProgressBar(refresh_rate=max(1, t.log_every))] if t.progress_bar else []),
         enable_progress_bar=t.progress_bar,
         enable_model_summary=False,
         accelerator=t.accelerator,
