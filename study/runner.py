@@ -29,7 +29,7 @@ import yaml
 
 from .config import StudyConfig, from_dict
 from .plan import plan_budget
-from .stages import STAGE_FUNCTIONS, StageContext, minutes
+from .stages import STAGE_FUNCTIONS, StageContext, StageFailed, minutes
 
 
 class StudyError(RuntimeError):
@@ -130,7 +130,7 @@ def run_study(
             write_report(out)
             raise KeyboardInterrupt from err
         except Exception as err:  # noqa: BLE001 - any failure stops the study with its message recorded
-            message = f"{type(err).__name__}: {err}" if not str(err).startswith(stage) else str(err)
+            message = str(err) if isinstance(err, StageFailed) else f"{type(err).__name__}: {err}"
             seconds = round(time.perf_counter() - ctx.started, 1)
             write_json(path, {"status": "failed", "message": message, "budget_s": budget, "seconds": seconds})
             write_report(out)

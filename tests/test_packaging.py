@@ -110,3 +110,15 @@ def test_demo_writes_its_results(tmp_path):
 def test_bad_cli_argument_names_the_flag():
     result = subprocess.run(["attnlab", "demo", "--new-tokens", "0"], capture_output=True, text=True)
     assert result.returncode == 2 and "--new-tokens" in result.stderr and "positive" in result.stderr
+
+
+def test_a_folder_named_attnlab_in_the_working_directory_does_not_shadow_the_package(tmp_path):
+    # A clone's root is a folder named attnlab without __init__.py: the path finder would take it for
+    # a namespace package ahead of an editable install (whose finder setuptools appends behind it).
+    (tmp_path / "attnlab" / "archs").mkdir(parents=True)
+    code = "import attnlab; from attnlab import AttnLabConfig; print(attnlab.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    path = Path(out.stdout.strip())
+    assert path.name == "__init__.py" and path.parent.name == "attnlab" and tmp_path not in path.parents

@@ -9,7 +9,9 @@ registry as a lazy "module:Class" placeholder, which lm-eval's Registry supports
 and torch are imported only when lm-eval asks for the model. `ATTNLAB_LM_EVAL_PLUGIN=0` switches it off.
 
 This file is a top-level module (not under `attnlab`) so that the hook never imports attnlab's
-package `__init__` (torch, transformers) at interpreter start.
+package `__init__` (torch, transformers) at interpreter start. The same start-up hook puts an
+editable install's import finder first (`editable_first`), so a clone folder named `attnlab` in the
+working directory does not shadow the package.
 """
 
 from __future__ import annotations
@@ -62,7 +64,20 @@ class _Finder(importlib.abc.MetaPathFinder):
         return spec
 
 
+def editable_first() -> None:
+    """Put an editable install's finder (setuptools appends it after the path finder) first, so a
+    folder named `attnlab` in the working directory, e.g. the root of a clone, which the path
+    finder would take for a namespace package, cannot shadow the installed package. A no-op for a
+    wheel install: there the regular package already wins over a namespace folder."""
+    for finder in [
+        f for f in sys.meta_path if getattr(f, "__module__", "").startswith("__editable___attnlab")
+    ]:
+        sys.meta_path.remove(finder)
+        sys.meta_path.insert(0, finder)
+
+
 def install() -> None:
+    editable_first()
     if os.environ.get("ATTNLAB_LM_EVAL_PLUGIN", "1") == "0":
         return
     if WATCHED in sys.modules:  # lm-eval already loaded (e.g. install() called late)
