@@ -89,10 +89,34 @@ def build_dataset(
             row = s.to_json()
             rows.append({**row, "target": s.target, "index": i, "meta": json.dumps(row["meta"])})
     if not rows:
+        fits = shortest_length(task, tok, max(spec.lengths), min(spec.hops), spec)
         raise ValueError(
-            f"attnlab task {task}: no cell fits; every length in {list(spec.lengths)} is too short for its prompt"
-        )
+            f"attnlab task {task}: every length in {list(spec.lengths)} is too short for its prompt; "
+            + (f"the shortest that fits is {fits} tokens (e.g. --metadata '{{\"lengths\": [{fits}]}}')"
+               if fits else "no length up to 1M tokens fits")
+        )  # fmt: skip
     return {"test": datasets.Dataset.from_list(rows)}
+
+
+def shortest_length(task: str, tok, too_short: int, hops: int, spec: SuiteSpec) -> int | None:
+    """The shortest context length at which `task`'s first sample fits (None past 1M tokens)."""
+
+    def fits(length: int) -> bool:
+        try:
+            make_sample(task, tok, length, hops, spec.seed, 0, **spec.options.get(task, {}))
+        except PromptTooLong:
+            return False
+        return True
+
+    lo, hi = too_short, too_short * 2
+    while not fits(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1 << 20:
+            return None
+    while hi - lo > 1:  # lo does not fit, hi does
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
 
 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:

@@ -27,7 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) > 1 and not {"--include_path", "-h", "--help"} & set(argv):
         argv += ["--include_path", str(include_path())]
     sys.argv = ["lm-eval", *argv]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except ValueError as err:  # attnlab's own (a task's data, the model's arguments): one line
+        if not str(err).startswith("attnlab "):
+            raise
+        print(f"attnlab lm-eval: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

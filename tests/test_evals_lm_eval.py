@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -139,3 +140,23 @@ def test_attnlab_lm_eval_wrapper_adds_the_packaged_include_path():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "attnlab_multihop" in result.stdout and "attnlab_variable_tracking" in result.stdout
+
+
+def test_lengths_too_short_for_a_task_name_the_shortest_that_fits(model_dir):
+    from attnlab.evals.lm_eval_data import build_dataset
+
+    with pytest.raises(
+        ValueError, match=r"attnlab task variable_tracking: every length in \[32\] is too short"
+    ) as err:
+        build_dataset("variable_tracking", lengths=[32], hops=[1], samples=1, pretrained=str(model_dir))
+    fits = int(re.search(r"the shortest that fits is (\d+) tokens", str(err.value))[1])
+    assert (
+        len(
+            build_dataset(
+                "variable_tracking", lengths=[fits], hops=[1], samples=1, pretrained=str(model_dir)
+            )["test"]
+        )
+        == 1
+    )
+    with pytest.raises(ValueError, match="every length in"):
+        build_dataset("variable_tracking", lengths=[fits - 1], hops=[1], samples=1, pretrained=str(model_dir))
