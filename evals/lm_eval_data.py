@@ -122,8 +122,12 @@ def shortest_length(task: str, tok, too_short: int, hops: int, spec: SuiteSpec) 
 def process_results(doc: dict, results: list[str]) -> dict[str, float]:
     score = score_text(results[0], doc["answers"], doc["metric"])
     out = {"score": score}
-    out |= {f"len_{n}": score if doc["length"] == n else NOT_THIS_CELL for n in REPORTED_LENGTHS}
-    out |= {f"hops_{h}": score if doc["hops"] == h else NOT_THIS_CELL for h in REPORTED_HOPS}
+    # Only the doc's own cell: a length or hop count no doc has gets no value at all, so lm-eval's
+    # table lists only what was asked (a -1 placeholder for every other cell used to show up there).
+    if doc["length"] in REPORTED_LENGTHS:
+        out[f"len_{doc['length']}"] = score
+    if doc["hops"] in REPORTED_HOPS:
+        out[f"hops_{doc['hops']}"] = score
     return out
 
 
