@@ -65,13 +65,18 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 def editable_first() -> None:
-    """Put an editable install's finder (setuptools appends it after the path finder) first, so a
-    folder named `attnlab` in the working directory, e.g. the root of a clone, which the path
-    finder would take for a namespace package, cannot shadow the installed package. A no-op for a
-    wheel install: there the regular package already wins over a namespace folder."""
-    for finder in [
-        f for f in sys.meta_path if getattr(f, "__module__", "").startswith("__editable___attnlab")
-    ]:
+    """When the working directory holds a folder named `attnlab` that is not a package (the root
+    of a clone), which the path finder would take for a namespace package ahead of an editable
+    install (setuptools appends its finder after the path finder), put the editable finder first.
+    Nothing changes otherwise; with a wheel install the regular package wins anyway."""
+    try:
+        shadow = os.path.join(os.getcwd(), "attnlab")
+    except OSError:  # a working directory that no longer exists
+        return
+    if not os.path.isdir(shadow) or os.path.exists(os.path.join(shadow, "__init__.py")):
+        return
+    editable = [f for f in sys.meta_path if getattr(f, "__module__", "").startswith("__editable___attnlab")]
+    for finder in editable:
         sys.meta_path.remove(finder)
         sys.meta_path.insert(0, finder)
 
