@@ -113,6 +113,7 @@ def _run(args, title: str, default_suite: str | None, yardstick: bool) -> int:
     except ValueError as exc:
         print(f"{title}: error: {exc}", file=sys.stderr)
         return 2
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # an output folder that cannot be written fails first
     count = sum(len(v) for v in workloads.values())
     print(f"{title}: suite {suite!r}, {count} workloads on {dispatch.device_name(device.type)} "
           f"({torch.get_num_threads()} threads{', freed memory kept in the heap' if tuned else ''}) -> {args.out}",

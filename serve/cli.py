@@ -220,6 +220,7 @@ def cmd_bench_state_precision(args) -> int:
         steps=args.steps, sequences=args.sequences, prefill=args.prefill, mqar_lengths=args.mqar_lengths,
         mqar_hops=args.mqar_hops, mqar_samples=args.mqar_samples, train_steps=args.train_steps, jobs=args.jobs,
     )  # fmt: skip
+    Path(opts.out).mkdir(parents=True, exist_ok=True)  # an output folder that cannot be written fails first
     print(f"attnlab bench state-precision: {', '.join(opts.formats)} over {opts.steps} steps -> {opts.out}",
           flush=True)  # fmt: skip
     try:
@@ -333,6 +334,7 @@ def cmd_bench_serve(args) -> int:
         repeats=args.repeats,
         seed=args.seed,
     )
+    Path(opts.out).mkdir(parents=True, exist_ok=True)  # an output folder that cannot be written fails first
     print(f"attnlab bench serve: {', '.join(opts.families)} at batch {opts.batches}, "
           f"{torch.get_num_threads()} threads -> {opts.out}", flush=True)  # fmt: skip
     run(opts)
@@ -367,6 +369,7 @@ def cmd_bench_http(args) -> int:
         except (ValueError, FileNotFoundError) as e:
             print(f"attnlab bench serve: error: {e}", file=sys.stderr)
             return 2
+    Path(opts.out).mkdir(parents=True, exist_ok=True)  # an output folder that cannot be written fails first
     print(f"attnlab bench serve: {opts.label} ({args.url or args.offline}) -> {opts.out}", flush=True)
     try:
         results = run(opts, engine=engine)
