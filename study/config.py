@@ -234,15 +234,12 @@ def from_dict(values: dict, where: str = "") -> StudyConfig:
 
 def load_study(path: str | Path) -> StudyConfig:
     """A study YAML as given, or relative to the installed attnlab/configs (e.g. study/default.yaml)."""
+    from attnlab.train.config import check_yaml_file
     from attnlab.train.sweep import find_config
 
     file = find_config(str(path))
-    try:
-        values = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{file}: not valid YAML ({err})") from None
-    except OSError as err:
-        raise ValueError(f"{file}: cannot read ({err.strerror})") from None
+    check_yaml_file(file)
+    values = yaml.safe_load(file.read_text())
     try:
         return from_dict(values or {})
     except ValueError as err:

@@ -145,3 +145,19 @@ def test_lm_eval_on_a_model_without_a_tokenizer_says_so(model_dir):
 
     with pytest.raises(ValueError, match="no tokenizer in .*lm-eval tasks are text"):
         AttnLabLM(pretrained=str(model_dir.parent), device="cpu")
+
+
+@pytest.mark.parametrize("command", ["train", "study"])
+def test_a_config_file_cut_short_is_named_with_the_line(tmp_path, capsys, command):
+    source = "configs/train/mqar.yaml" if command == "train" else "configs/study/default.yaml"
+    text = (pathlib.Path(__file__).resolve().parents[1] / source).read_text()
+    config = tmp_path / "cut.yaml"
+    config.write_text(text[: text.index("{", len(text) // 2) + 5])  # cut inside a {...} mapping
+    words = (
+        ["train", "--config", str(config)]
+        if command == "train"
+        else ["study", str(config), "--out", str(tmp_path / "o")]
+    )
+    assert main(words) == 2
+    one_line_error(capsys.readouterr().err, f"attnlab {command}: error: {config}: not valid YAML", "at line")
+    assert not (tmp_path / "o").exists()

@@ -360,6 +360,7 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, bool]:
             from .sweep import find_config
 
             argv[i + 1] = str(find_config(argv[i + 1]))
+            check_yaml_file(Path(argv[i + 1]))
     try:
         ns = parser.parse_args(argv)
     except ArgumentError as err:
@@ -367,6 +368,22 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, bool]:
     resume = bool(ns.pop("resume"))
     ns.pop("config", None)
     return build_config(parser, ns), resume
+
+
+def check_yaml_file(path: Path) -> None:
+    """A config file that does not parse as YAML: one line naming the file, the problem and where."""
+    import yaml
+
+    try:
+        yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}: not valid YAML ({err.problem or err.context}{where}); is it cut short?") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot be read ({err})") from None
 
 
 def config_from_dict(values: dict) -> TrainConfig:
