@@ -152,7 +152,7 @@ def test_a_config_file_cut_short_is_named_with_the_line(tmp_path, capsys, comman
     source = "configs/train/mqar.yaml" if command == "train" else "configs/study/default.yaml"
     text = (pathlib.Path(__file__).resolve().parents[1] / source).read_text()
     config = tmp_path / "cut.yaml"
-    config.write_text(text[: text.index("{", len(text) // 2) + 5])  # cut inside a {...} mapping
+    config.write_text(text[: text.index("\n", len(text) // 2) + 1] + "extra: [cut")  # a flow list cut short
     words = (
         ["train", "--config", str(config)]
         if command == "train"
