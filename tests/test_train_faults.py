@@ -142,5 +142,6 @@ def test_a_signal_stops_with_a_checkpoint_a_nonzero_exit_and_the_resume_line(tmp
     assert 3 <= step < 5000 and result["message"].endswith(f"at step {step}")
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == step  # the step it stopped at, not the last periodic one
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"position": step}]  # data position
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert max(r["step"] for r in rows) <= step

@@ -379,7 +379,9 @@ def check_yaml_file(path: Path) -> None:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ValueError(f"{path}: not valid YAML ({err.problem or err.context}{where}); is it cut short?") from None
+        raise ValueError(
+            f"{path}: not valid YAML ({err.problem or err.context}{where}); is it cut short?"
+        ) from None
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML ({err})") from None
     except (OSError, UnicodeDecodeError) as err:

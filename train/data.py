@@ -127,18 +127,36 @@ class StepSampler(Sampler):
 
     def __init__(self, trainer, total: int):
         self.trainer, self.total = trainer, total
+        self.restored: int | None = None  # the position a checkpoint saved (StepLoader)
+
+    def step_position(self) -> int:
+        """Index of the first batch of the next optimizer step, over all ranks."""
+        t = self.trainer
+        return t.global_step * t.accumulate_grad_batches * t.world_size
 
     def start(self) -> int:
-        t = self.trainer
-        return t.global_step * t.accumulate_grad_batches * t.world_size + t.global_rank
+        position = self.restored if self.restored is not None else self.step_position()
+        return position + self.trainer.global_rank
 
     def __iter__(self):
-        return iter(range(self.start(), self.total, self.trainer.world_size))
+        start, self.restored = self.start(), None
+        return iter(range(start, self.total, self.trainer.world_size))
 
     def __len__(self) -> int:
         # The whole run's length, not what is left: Lightning restores its batch counter on resume
         # and ends the epoch at len(), so the run stays one epoch either way.
         return -(-self.total // self.trainer.world_size)
+
+
+class StepLoader(DataLoader):
+    """The train loader, stateful for Lightning: the position in the batch stream (the first batch
+    of the next optimizer step) goes into every checkpoint, and a restored run starts there."""
+
+    def state_dict(self) -> dict:
+        return {"position": self.sampler.step_position()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.restored = state.get("position")
 
 
 class Rows(Dataset):
@@ -161,7 +179,7 @@ class TrainData(L.LightningDataModule):
         t = self.trainer
         total = t.max_steps * t.accumulate_grad_batches * t.world_size
         batches = StepBatches(self.tensors.slices, self.seed, total, t.accumulate_grad_batches * t.world_size)
-        return DataLoader(batches, batch_size=None, sampler=StepSampler(t, total))
+        return StepLoader(batches, batch_size=None, sampler=StepSampler(t, total))
 
     def val_dataloader(self) -> list[DataLoader]:
         """One loader per slice, in slice order (the module names its metrics by slice)."""

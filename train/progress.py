@@ -19,7 +19,6 @@ QUIET_LOGGERS = (
 )
 QUIET_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\).*",  # Lightning's own use of a deprecated torch API
-    r".*your dataloader is not resumable.*",  # StepSampler restarts the stream at the restored step
     r".*exists and is not empty.*",  # the checkpoint folder of a resumed run
     r".*`training_step` returned `None`.*",  # a step skipped by the non-finite guard (reported)
 )
