@@ -3,7 +3,7 @@
 Each job's module exposes `register(subparsers)`, which adds its subcommand(s) and sets
 `func(args) -> exit code`. Adding a job = one module + its line(s) in COMMANDS. Only the modules of
 the command being run are imported (a job module may pull in torch and transformers), so
-`attnlab --help` and `attnlab train --help` answer in well under a second.
+`attnlab --help` answers in a fraction of a second and `attnlab eval --help` without torch.
 """
 
 from __future__ import annotations
