@@ -15,7 +15,8 @@ CHATTER = (
     "litlogger",
     "LeafSpec",
     "weights_only",
-    "Epoch 0/-2",
+    "Epoch 0",
+    "Training:",
     "not resumable",
 )
 

@@ -35,8 +35,11 @@ class StepProgressBar(TQDMProgressBar):
     """One bar over the run's optimizer steps (Lightning's counts batches of an epoch that a
     step-based run never finishes), with the latest train loss and tokens/s."""
 
+    @property
+    def train_description(self) -> str:
+        return "train"  # not Lightning's "Training" / "Epoch 0"
+
     def on_train_epoch_start(self, trainer, *args) -> None:
-        super().on_train_epoch_start(trainer, *args)
         bar = self.train_progress_bar
         bar.reset(total=trainer.max_steps)
         bar.n = bar.initial = trainer.global_step
