@@ -1,4 +1,4 @@
-"""Attention ops: definitions with plain-torch references, backends, dispatch (DESIGN.md "kernels").
+"""Attention ops: definitions with plain-torch references, backends, dispatch (README: `attnlab kernels check`).
 
 Call an op like a function; dispatch picks the backend (`backend="name"` overrides):
 

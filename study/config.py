@@ -30,8 +30,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 STAGES = ("train", "eval", "probe", "crossover")
 EXECUTORS = ("sequential", "processes", "submitit")
 
@@ -238,8 +236,7 @@ def load_study(path: str | Path) -> StudyConfig:
     from attnlab.train.sweep import find_config
 
     file = find_config(str(path))
-    check_yaml_file(file)
-    values = yaml.safe_load(file.read_text())
+    values = check_yaml_file(file)
     try:
         return from_dict(values or {})
     except ValueError as err:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from attnlab.archs.demo import human_bytes
+
 from .document import Document
 from .plots import ablation_bars, probe_grid
 from .stages import minutes
@@ -19,14 +21,6 @@ def load(path: Path):
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def number(value, digits: int = 3) -> str:

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from attnlab.train.run_files import write_json
+
 from .config import StudyConfig, from_dict
 from .plan import plan_budget
 from .stages import STAGE_FUNCTIONS, StageContext, StageFailed, minutes
@@ -34,12 +36,6 @@ from .stages import STAGE_FUNCTIONS, StageContext, StageFailed, minutes
 
 class StudyError(RuntimeError):
     """The study cannot start or continue; the message says why and what to do."""
-
-
-def write_json(path: Path, values: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(values, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def read_json(path: Path) -> dict | None:

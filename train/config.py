@@ -370,12 +370,12 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, bool]:
     return build_config(parser, ns), resume
 
 
-def check_yaml_file(path: Path) -> None:
-    """A config file that does not parse as YAML: one line naming the file, the problem and where."""
+def check_yaml_file(path: Path):
+    """The file's YAML content; one that does not parse: one line naming the file, the problem and where."""
     import yaml
 
     try:
-        yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
