@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+from ..common import human_bytes
 from .presets import preset
 
 DEMO_VARIANTS: dict[str, dict] = {
@@ -96,7 +97,7 @@ def run_demo(out_dir: Path, new_tokens: int = 24) -> list[dict]:
 
 
 def register(sub) -> None:
-    from attnlab.cli import positive_int
+    from attnlab.common import positive_int
 
     demo = sub.add_parser("demo", help="build one model of each mixer family, generate with its cache")
     demo.add_argument("--out", default="runs/demo", help="run directory for demo.json / demo.md")
@@ -125,11 +126,3 @@ def markdown_table(rows: list[dict]) -> str:
         cells += [human_bytes(r[f"cache_bytes@{t}"]) for t in CONTEXTS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)

@@ -56,17 +56,6 @@ def command_word(argv: list[str]) -> str:
     return next((w for w in argv if not w.startswith("-")), "")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer > 0, with an error that names the value."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected a positive integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not positive; expected a positive integer")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(command_word(argv)).parse_args(argv)

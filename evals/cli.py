@@ -61,7 +61,7 @@ def options_json(text: str) -> dict:
 
 
 def register(sub) -> None:
-    from attnlab.cli import positive_int
+    from attnlab.common import positive_int
 
     from .suite_names import SUITES
 

@@ -12,6 +12,11 @@ from __future__ import annotations
 import importlib
 
 __all__ = [
+    "KernelChoice",
+    "backends_used",
+    "kernel_choice",
+    "parse_kernel_choice",
+    "use_kernels",
     "lightning_decode",
     "lightning_prefill",
     "mla_decode",
@@ -25,6 +30,11 @@ __all__ = [
 ]
 
 _LAZY = {
+    "KernelChoice": "dispatch",
+    "backends_used": "dispatch",
+    "kernel_choice": "dispatch",
+    "parse_kernel_choice": "dispatch",
+    "use_kernels": "dispatch",
     "paged_attn_decode": "attention_ops",
     "swa_prefill": "attention_ops",
     "lightning_decode": "lightning_ops",

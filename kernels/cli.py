@@ -43,7 +43,7 @@ def _names(kind: str, allowed_fn):
 
 
 def _add_common(p: argparse.ArgumentParser, default_out: str, default_reps: int) -> None:
-    from attnlab.cli import positive_int
+    from attnlab.common import positive_int
 
     p.add_argument("--config", type=Path, default=None, help="workload YAML (default: configs/kernels.yaml)")
     p.add_argument("--suite", default=None, help="suite of the config to run")

@@ -1,17 +1,19 @@
-"""Pick the backend that runs an op call (DESIGN.md "kernels").
+"""Pick the backend that runs an op call (docs/architecture.md "Kernel choice").
 
 Order of choice:
-1. `backend="name"`: that backend, or a clear error saying why it cannot run this call here.
-2. The ranking `attnlab kernels check` (or `attnlab bench kernels`) stored for this device: the
-   backends that passed the correctness check on every workload, fastest first (one ranking for forward-only calls, one for calls that need
+1. `backend="name"` on the call: that backend, or a clear error saying why it cannot run it here.
+2. A pin in the process's kernel choice (`kernels: {lightning_prefill: torch_chunk}` in a run
+   config, `--kernels lightning_prefill=torch_chunk` on a command; `use_kernels`): that backend,
+   or a clear error naming the pin.
+3. With `default: ranked` in the choice: the ranking `attnlab kernels check` (or `attnlab bench
+   kernels`) stored for this device — the backends that passed the correctness check on every
+   workload, fastest first (one ranking for forward-only calls, one for calls that need
    gradients). The first that can take the call runs.
-3. No ranking (nothing checked on this device yet): the op's DEFAULT_ORDER if it has one, then
-   `torch_chunk`, else the `torch` reference. DEFAULT_ORDER holds the paged ops: the `c` kernel
-   (CPU, fp32, forward; tested with the package), then torch's own SDPA, both measured faster than
-   torch_chunk on CPU; and the state store/load ops' `c` kernels (bit-for-bit the reference, 2-30x
-   faster on CPU). Each candidate must still take the call (device, dtype, gradients,
-   `supports`), so a GPU, bf16 or backward paged decode skips `c`. Other kernels never run unchecked
-   and unasked, so a fresh GPU machine starts on SDPA for the paged ops, `torch_chunk` for the rest.
+4. Otherwise (the default, `default: builtin`): the op's DEFAULT_ORDER, then `torch_chunk`, else
+   the `torch` reference. The built-in order depends only on the call (device type, dtype,
+   gradients, `supports`), never on what was benchmarked on this machine before, so two runs of
+   one config pick the same kernels; the map used is written into each run's outputs
+   (`backends_used`).
 
 Rankings live in one JSON file (`ATTNLAB_KERNEL_CACHE`, default ~/.cache/attnlab/kernels.json),
 keyed by device and library versions: a new driver, torch, triton or fla version starts clean.
@@ -19,10 +21,13 @@ keyed by device and library versions: a new driver, torch, triton or fla version
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -113,6 +118,85 @@ def forget() -> None:
     stored_ranking.cache_clear()
 
 
+@dataclass(frozen=True)
+class KernelChoice:
+    """How unforced calls pick a backend: pinned ops, and the rule for the rest."""
+
+    pins: dict[str, str] = field(default_factory=dict)  # op -> backend
+    ranked: bool = False  # unpinned ops follow this machine's stored ranking (else the built-in order)
+
+    def to_json(self) -> dict:
+        return {"default": "ranked" if self.ranked else "builtin", **self.pins}
+
+
+_choice = KernelChoice()
+_used: dict[str, dict[str, None]] = {}  # op -> backends that ran it, in first-use order
+
+
+def parse_kernel_choice(value: Mapping | str | None, where: str = "kernels") -> KernelChoice:
+    """A kernel choice from a config mapping or a CLI string, every name checked.
+
+    `{default: builtin|ranked, <op>: <backend>, ...}`, or `"default=ranked,lightning_prefill=torch_chunk"`.
+    """
+    if value is None:
+        return KernelChoice()
+    if isinstance(value, str):
+        pairs = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            key, sep, name = item.partition("=")
+            if not sep or not key.strip() or not name.strip():
+                raise ValueError(f"{where}: {item!r} is not OP=BACKEND (or default=builtin|ranked)")
+            pairs[key.strip()] = name.strip()
+        value = pairs
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where} must be a mapping of op -> backend, got {type(value).__name__}")
+    pins, ranked = {}, False
+    for op, name in value.items():
+        if op == "default":
+            if name not in ("builtin", "ranked"):
+                raise ValueError(f"{where}.default = {name!r}; allowed: builtin, ranked")
+            ranked = name == "ranked"
+            continue
+        if op not in registry.op_names():
+            raise ValueError(f"{where}.{op}: not an op; allowed: default, {', '.join(registry.op_names())}")
+        backends = registry.solutions(op)
+        if not isinstance(name, str) or name not in backends:
+            raise ValueError(
+                f"{where}.{op} = {name!r} is not a backend of {op}; allowed: {', '.join(backends)}"
+            )
+        pins[op] = name
+    return KernelChoice(pins, ranked)
+
+
+def use_kernels(choice: KernelChoice) -> KernelChoice:
+    """Set the process's kernel choice; returns the previous one (to restore it)."""
+    global _choice
+    previous, _choice = _choice, choice
+    return previous
+
+
+@contextlib.contextmanager
+def kernel_choice(choice: KernelChoice):
+    previous = use_kernels(choice)
+    try:
+        yield choice
+    finally:
+        use_kernels(previous)
+
+
+def current_choice() -> KernelChoice:
+    return _choice
+
+
+def backends_used(reset: bool = False) -> dict[str, str]:
+    """op -> the backend(s) that ran it in this process since the last reset ("sdpa, torch" when a
+    call of another kind, e.g. one needing gradients, took a different backend)."""
+    used = {op: ", ".join(names) for op, names in _used.items()}
+    if reset:
+        _used.clear()
+    return used
+
+
 def _call_facts(op: str, inputs: dict) -> tuple[torch.device, torch.dtype, bool]:
     """Device, compute dtype (of the first floating tensor) and whether gradients are needed."""
     tensors = [t for t in inputs.values() if isinstance(t, torch.Tensor)]
@@ -134,16 +218,30 @@ def select(op: str, inputs: dict, backend: str | None = None) -> Solution:
         reason = sol.unusable_reason(device, dtype, needs_grad) or sol.supports(inputs)
         if reason:
             raise RuntimeError(f"backend={backend!r} cannot run {op} on {device.type} here: {reason}")
-        return sol
+        return _record(sol)
+    pinned = _choice.pins.get(op)
+    if pinned is not None:
+        sol = sols[pinned]
+        reason = sol.unusable_reason(device, dtype, needs_grad) or sol.supports(inputs)
+        if reason:
+            raise RuntimeError(
+                f"kernels.{op} = {pinned!r} cannot run this {op} call on {device.type}: {reason}"
+            )
+        return _record(sol)
     mode = "fwd+bwd" if needs_grad else "fwd"
-    ranking = stored_ranking(device.type, op, mode) or DEFAULT_ORDER.get(op, ())
-    for name in (*ranking, *FALLBACK):
+    ranking = stored_ranking(device.type, op, mode) if _choice.ranked else ()
+    for name in (*(ranking or DEFAULT_ORDER.get(op, ())), *FALLBACK):
         sol = sols.get(name)
         if sol is None or sol.peer:
             continue
         if sol.unusable_reason(device, dtype, needs_grad) is None and sol.supports(inputs) is None:
-            return sol
+            return _record(sol)
     raise AssertionError(f"{op}: even the torch reference cannot run this call")  # torch takes every call
+
+
+def _record(sol: Solution) -> Solution:
+    _used.setdefault(sol.definition, {})[sol.name] = None
+    return sol
 
 
 def call(op: str, backend: str | None = None, **inputs):

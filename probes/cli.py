@@ -54,7 +54,7 @@ def existing_model(text: str) -> str:
 
 
 def register(sub) -> None:
-    from attnlab.cli import positive_int
+    from attnlab.common import positive_int
 
     p = sub.add_parser("probe", help="score attention heads (retrieval, induction, ...) and ablate them")
     p.add_argument(

@@ -26,7 +26,7 @@ def _list(kind: str, allowed=None, cast=str):
 
 
 def register(sub) -> None:
-    from attnlab.cli import positive_int
+    from attnlab.common import positive_int
 
     from ..kernels.cli import command_group
     from .bench import FAMILIES
@@ -97,7 +97,7 @@ def _lengths(text: str) -> list[int]:
 
 
 def register_crossover(bench) -> None:
-    from attnlab.cli import positive_int
+    from attnlab.common import positive_int
 
     from .crossover import FAMILIES
 
@@ -183,7 +183,7 @@ def cmd_bench_crossover(args) -> int:
 
 
 def register_state_precision(bench) -> None:
-    from attnlab.cli import positive_int
+    from attnlab.common import positive_int
 
     from .state_precision import FORMATS, PrecisionOptions
 
@@ -233,7 +233,7 @@ def cmd_bench_state_precision(args) -> int:
 
 
 def register_serve(sub) -> None:
-    from attnlab.cli import positive_int
+    from attnlab.common import positive_int
 
     from .config import ROUNDINGS, SCALE_GROUPS, STATE_DTYPES
 
@@ -306,7 +306,7 @@ def cmd_bench_serve(args) -> int:
     if args.url or args.offline:
         return cmd_bench_http(args)
     if args.write_model:
-        from ..train.tokenizer import byte_tokenizer
+        from ..evals.tokenizer import byte_tokenizer
         from .bench import bench_model
 
         model = bench_model(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from attnlab.archs.demo import human_bytes
+from attnlab.common import human_bytes
 
 from .document import Document
 from .plots import ablation_bars, probe_grid

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from attnlab import AttnLabConfig, AttnLabForCausalLM
 from attnlab.cli import main
 from attnlab.serve import LLM, SamplingParams
-from attnlab.train.tokenizer import byte_tokenizer
+from attnlab.evals.tokenizer import byte_tokenizer
 
 
 def ids(n=24, vocab=256):

@@ -8,7 +8,7 @@ from evals_solvers import solve, solve_facts
 
 from attnlab.evals.fit import PromptTooLong
 from attnlab.evals.registry import make_sample, text_tasks
-from attnlab.evals.tokenizer import byte_tokenizer, train_bpe_tokenizer
+from attnlab.evals.tokenizer import byte_tokenizer, train_bpe
 from attnlab.evals.words import ADJECTIVES, NOISE, NOUNS, PEOPLE, PLACES
 
 TASKS = sorted(text_tasks())
@@ -29,7 +29,7 @@ def bpe_tok(byte_tok):
         for i in range(2)
     ]
     corpus = samples + [NOISE * 4, " ".join(NOUNS + ADJECTIVES), " ".join(PEOPLE + PLACES)]
-    return train_bpe_tokenizer(corpus, vocab_size=700)
+    return train_bpe(corpus, vocab_size=700)
 
 
 def hops_for(task: str) -> list[int]:

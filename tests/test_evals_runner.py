@@ -268,10 +268,10 @@ def test_run_dir_resolves_to_its_newest_model_folder(tiny_model_dir, tmp_path):
 def test_runner_evaluates_a_plain_hf_causal_lm_with_its_bpe_tokenizer(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from attnlab.evals.tokenizer import train_bpe_tokenizer
+    from attnlab.evals.tokenizer import train_bpe
     from attnlab.evals.words import NOISE, NOUNS
 
-    tok = train_bpe_tokenizer([NOISE * 3, " ".join(NOUNS)] * 5, vocab_size=400)
+    tok = train_bpe([NOISE * 3, " ".join(NOUNS)] * 5, vocab_size=400)
     torch.manual_seed(0)
     GPT2LMHeadModel(
         GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=512)

@@ -35,7 +35,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     from attnlab import AttnLabConfig, AttnLabForCausalLM
-    from attnlab.train.tokenizer import byte_tokenizer
+    from attnlab.evals.tokenizer import byte_tokenizer
 
     folder = tmp_path_factory.mktemp("readme")
     cfg = AttnLabConfig(

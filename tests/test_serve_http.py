@@ -32,7 +32,7 @@ from attnlab.serve.async_engine import AsyncEngine
 from attnlab.serve.chat_template import render_chat
 from attnlab.serve.llm import load_for_serving
 from attnlab.serve.server_metrics import ServerMetrics
-from attnlab.train.tokenizer import byte_tokenizer
+from attnlab.evals.tokenizer import byte_tokenizer
 
 KEY = "sk-test-key"
 CONTEXT = 256

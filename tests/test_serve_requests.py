@@ -12,7 +12,7 @@ from variants import tiny_config
 
 from attnlab import AttnLabForCausalLM
 from attnlab.serve import LLM, EngineConfig, LLMEngine, SamplingParams
-from attnlab.train.tokenizer import byte_tokenizer
+from attnlab.evals.tokenizer import byte_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .corpus import load_documents, pack, sample_documents, split_rows
 from .tasks import TASKS
-from .tokenizer import build_tokenizer, encode
+from ..evals.tokenizer import build_tokenizer, encode
 
 
 @dataclass

@@ -9,7 +9,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..archs.demo import human_bytes
+from ..common import human_bytes
 
 FIELDS_LAST = [
     "status",
