@@ -63,7 +63,9 @@ class Registry(Generic[T]):
         self.load()
         if name not in self._entries:
             label = f"{where} = {name!r}" if where else f"{name!r}"
-            raise ValueError(f"{label} is not a known {self.kind}; allowed: {', '.join(map(str, self.names()))}")
+            raise ValueError(
+                f"{label} is not a known {self.kind}; allowed: {', '.join(map(str, self.names()))}"
+            )
         return self._entries[name]
 
     def names(self) -> list:

@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from attnlab import AttnLabConfig, AttnLabForCausalLM
 from attnlab.cli import main
-from attnlab.serve import LLM, SamplingParams
 from attnlab.evals.tokenizer import byte_tokenizer
+from attnlab.serve import LLM, SamplingParams
 
 
 def ids(n=24, vocab=256):

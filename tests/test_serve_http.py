@@ -26,13 +26,13 @@ import torch
 import uvicorn
 
 from attnlab import AttnLabConfig, AttnLabForCausalLM
+from attnlab.evals.tokenizer import byte_tokenizer
 from attnlab.serve import LLM, EngineConfig, LLMEngine, SamplingParams
 from attnlab.serve.api_server import ServerOptions, build_app
 from attnlab.serve.async_engine import AsyncEngine
 from attnlab.serve.chat_template import render_chat
 from attnlab.serve.llm import load_for_serving
 from attnlab.serve.server_metrics import ServerMetrics
-from attnlab.evals.tokenizer import byte_tokenizer
 
 KEY = "sk-test-key"
 CONTEXT = 256

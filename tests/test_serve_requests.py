@@ -11,8 +11,8 @@ from test_serve_engine import build, prompts, reference
 from variants import tiny_config
 
 from attnlab import AttnLabForCausalLM
-from attnlab.serve import LLM, EngineConfig, LLMEngine, SamplingParams
 from attnlab.evals.tokenizer import byte_tokenizer
+from attnlab.serve import LLM, EngineConfig, LLMEngine, SamplingParams
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ from train_helpers import tiny_run
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from attnlab.evals import tokenizer as tokenizer_module
+from attnlab.evals.tokenizer import build_tokenizer, byte_tokenizer, encode
 from attnlab.train.config import TextSection, config_from_dict
 from attnlab.train.corpus import load_documents, pack, sample_documents, split_rows, stdlib_sources
 from attnlab.train.data import Slice, StepBatches
 from attnlab.train.run import train
-from attnlab.evals.tokenizer import build_tokenizer, byte_tokenizer, encode
 
 DOCS = ["def f(x):\n    return x + 1\n", "class A:\n    pass\n", "naïve ünïcode — ok\n"]
 
