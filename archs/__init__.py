@@ -1,1 +1,25 @@
-"""Model definitions: mixer families, FFNs, the HF model and its cache."""
+"""Model definitions: mixer families, FFNs, the HF model and its cache (docs/architecture.md).
+
+from attnlab.archs import AttnLabConfig, AttnLabForCausalLM
+"""
+
+from __future__ import annotations
+
+from ..common import lazy_exports
+
+_LAZY = {
+    "AttnLabConfig": "config",
+    "AttnLabForCausalLM": "model",
+    "AttnLabModel": "model",
+    "from_llama": "llama",
+    "to_llama": "llama",
+    "check_model_files": "model_files",
+    "preset": "presets",
+    "KVSpec": "state",
+    "LatentSpec": "state",
+    "RecurrentSpec": "state",
+    "CompositeSpec": "state",
+    "mixer_types": "families",
+}
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -15,8 +15,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-from . import mixers as _mixers  # noqa: F401  (registers every family)
-from .registry import mixer_types, resolve_spec
+from .families import mixer_types, resolve_spec
 from .specs import check_positive_int
 
 DEFAULT_MIXERS: dict[str, dict] = {

@@ -12,9 +12,9 @@ from torch import nn
 
 from ..kernels import swa_prefill
 from ..kernels.softmax_attention import attention_probs
+from .families import register_mixer
 from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm
-from .registry import register_mixer
 from .rope import apply_rope, rope_cos_sin
 from .specs import SoftmaxSpec
 from .state import CacheState, KVSpec, KVState, WindowState

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .families import build_mixer, register_mixer, resolve_spec
 from .mixer import Mixer
-from .registry import build_mixer, register_mixer, resolve_spec
 from .specs import MixerSpec, check_positive_int
 from .state import CompositeSpec, CompositeState
 

@@ -25,9 +25,9 @@ from torch import nn
 
 from ..kernels import lightning_prefill, stored_state_bytes
 from ..kernels.lightning_attention import lightning_implied_map
+from .families import register_mixer
 from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm
-from .registry import register_mixer
 from .specs import MixerSpec, check_positive_int
 from .state import CacheState, RecurrentSpec, RecurrentState
 

@@ -40,9 +40,9 @@ from torch import nn
 
 from ..kernels import mla_decode, swa_prefill
 from ..kernels.softmax_attention import attention_probs
+from .families import register_mixer
 from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm
-from .registry import register_mixer
 from .rope import apply_rope, rope_cos_sin
 from .specs import MixerSpec, check_bool, check_positive_int
 from .state import LatentSpec, LatentState

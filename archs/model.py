@@ -17,10 +17,10 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .cache import AttnLabCache
 from .config import AttnLabConfig
+from .families import build_mixer
 from .ffn import build_ffn
 from .mixer import Mixer
 from .norms import RMSNorm
-from .registry import build_mixer
 from .rope import shared_rope_tables
 
 # transformers >= 5.24 names the cache field/kwarg `cache`; earlier 5.x releases `past_key_values`.

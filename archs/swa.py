@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .families import register_mixer
 from .full import SoftmaxAttention
-from .registry import register_mixer
 from .specs import SoftmaxSpec, check_positive_int
 
 

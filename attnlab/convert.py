@@ -28,7 +28,7 @@ def cmd_convert(args) -> int:
         return _fail(f"--out {out} exists and is not an empty folder; choose a new one")
     try:
         model, tokenizer = _load(args.path, llama=args.source == "llama")
-        from attnlab.archs.llama import from_llama, to_llama
+        from attnlab.archs import from_llama, to_llama
 
         converted = from_llama(model) if args.source == "llama" else to_llama(model)
     except (ValueError, FileNotFoundError, OSError) as e:
@@ -52,7 +52,7 @@ def cmd_convert(args) -> int:
 
 def _load(path: Path, llama: bool):
     if not llama:
-        from attnlab.evals.loading import load_model
+        from attnlab.evals import load_model
 
         model, tokenizer, _ = load_model(path, "cpu")
         return model, tokenizer

@@ -1,4 +1,4 @@
-"""evals: the multi-hop long-context suite (DESIGN.md "evals"; issue 5).
+"""evals: the multi-hop long-context suite.
 
 Generators (one file per task, seeded, length-exact for a tokenizer): variable_tracking, niah,
 facts, copy_string, ngram_lookup (text) and mqar (token-level, k-hop). Scoring: scoring.py.
@@ -10,23 +10,24 @@ Runner and training hook: runner.py (`attnlab eval`, `evaluate_suite`). lm-eval:
 
 from __future__ import annotations
 
-import importlib
+from ..common import lazy_exports
 
-_EXPORTS = {
+_LAZY = {
+    "SUITES": "suite",
     "SuiteSpec": "suite",
     "evaluate_suite": "runner",
     "run_suite": "runner",
     "run_eval": "runner",
     "compare_models": "runner",
-    "make_sample": "registry",
+    "make_sample": "text_tasks",
     "byte_tokenizer": "tokenizer",
     "load_tokenizer": "tokenizer",
+    "build_tokenizer": "tokenizer",
+    "encode": "tokenizer",
+    "load_model": "loading",
+    "training_mqar_options": "loading",
+    "chain_accuracy": "token_tasks",
+    "mqar_cell": "token_tasks",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    # Lazy, so importing one generator (e.g. the trainer's `attnlab.evals.mqar`) stays cheap.
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_exports(__name__, _LAZY)

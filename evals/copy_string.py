@@ -13,8 +13,8 @@ from transformers import PreTrainedTokenizerBase
 
 from .fit import fit_units
 from .haystack import random_word_stream
-from .registry import register_task
 from .sample import TextSample
+from .text_tasks import register_task
 
 HEADER = "Repeat the text exactly."
 

@@ -19,8 +19,8 @@ from transformers import PreTrainedTokenizerBase
 
 from .fit import fit_prompt
 from .haystack import noise_stream, weave
-from .registry import register_task
 from .sample import TextSample
+from .text_tasks import register_task
 from .words import CONTAINERS, OBJECTS, PEOPLE, PLACES
 
 HEADER = "Read the story."

@@ -17,9 +17,9 @@ from pathlib import Path
 import datasets
 
 from .fit import PromptTooLong
-from .registry import make_sample
 from .scoring import score_text
 from .suite import SuiteSpec
+from .text_tasks import make_sample
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from ..archs.model_files import check_model_files
+from ..archs import check_model_files
 from .mqar import training_options
 from .tokenizer import load_tokenizer
 
@@ -39,7 +39,7 @@ def load_model(path: str | Path, device: str | None = None):
     """-> (model in eval mode on `device`, tokenizer or None, model dir). A model trained only on
     token tasks (e.g. MQAR with its own vocabulary) may have no tokenizer: text tasks are then
     skipped, token tasks still run."""
-    import attnlab.archs.model  # noqa: F401  (registers the attnlab model type with the Auto classes)
+    from ..archs import AttnLabForCausalLM  # noqa: F401  (importing it registers the attnlab Auto classes)
 
     model_dir = resolve_model_dir(path)
     check_model_files(model_dir)

@@ -11,8 +11,8 @@ from transformers import PreTrainedTokenizerBase
 
 from .fit import fit_units
 from .haystack import depth_grid, random_word_stream
-from .registry import register_task
 from .sample import TextSample
+from .text_tasks import register_task
 
 HEADER = "Read the text."
 QUESTION = 'Question: Which {k} words follow "{ngram}"?\nAnswer:'

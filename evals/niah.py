@@ -19,8 +19,8 @@ from transformers import PreTrainedTokenizerBase
 
 from .fit import fit_prompt
 from .haystack import depth_grid, noise_stream, sentence_stream, weave
-from .registry import register_task
 from .sample import TextSample
+from .text_tasks import register_task
 from .words import ADJECTIVES, NOUNS
 
 NEEDLE = "One of the special magic {kinds} for {key} is: {value}."

@@ -19,9 +19,9 @@ from transformers import PreTrainedTokenizerBase
 from .fit import PromptTooLong
 from .generation import encode, greedy_generate
 from .loading import load_model, model_names, training_mqar_options
-from .registry import make_sample
 from .scoring import score_text
 from .suite import TOKEN_TASKS, SuiteSpec
+from .text_tasks import make_sample
 from .tokenizer import byte_tokenizer
 
 # Generation budget beyond the longest reference answer in a batch: room for a model's formatting
@@ -172,7 +172,7 @@ def run_eval(
     MQAR samples follow each model's own training data: for an attnlab run trained on MQAR, the
     generator options it was trained with (power_a, random_non_queries, separator) are the defaults,
     and `spec.options["mqar"]` overrides them."""
-    from ..archs.model_files import check_model_files
+    from ..archs import check_model_files
     from .loading import resolve_model_dir
     from .plots import plot_heatmaps, plot_lines
     from .report import across_seeds, markdown_report, skip_lines

@@ -10,10 +10,9 @@ from __future__ import annotations
 import inspect
 from dataclasses import asdict, dataclass, field
 
-from . import tasks  # noqa: F401  (registers every text task)
 from .mqar import check_mqar_args, mqar
-from .registry import TEXT_TASKS
 from .suite_names import SUITES
+from .text_tasks import TEXT_TASKS
 
 TOKEN_TASKS = ("mqar",)  # teacher-forced, token-level (evals/mqar.py); k-hop when hops > 1
 
@@ -28,7 +27,7 @@ def option_names(task: str) -> tuple[str, ...]:
     if task in TOKEN_TASKS:
         keywords = [p.name for p in inspect.signature(mqar).parameters.values() if p.default is not p.empty]
         return ("kv_pairs", *(k for k in keywords if k != "hops"))
-    spec = TEXT_TASKS[task]
+    spec = TEXT_TASKS.get(task)
     params = list(inspect.signature(spec.build).parameters.values())[5:]  # after tokenizer .. index
     return tuple(p.name for p in params if p.name not in spec.fixed)
 
@@ -55,7 +54,7 @@ def check_options(task: str, options: dict) -> None:
 
 
 def max_hops(task: str) -> int | None:
-    return None if task in TOKEN_TASKS else TEXT_TASKS[task].max_hops
+    return None if task in TOKEN_TASKS else TEXT_TASKS.get(task).max_hops
 
 
 @dataclass

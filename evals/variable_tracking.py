@@ -17,8 +17,8 @@ from transformers import PreTrainedTokenizerBase
 
 from .fit import fit_prompt
 from .haystack import noise_stream, weave
-from .registry import register_task
 from .sample import TextSample
+from .text_tasks import register_task
 
 HEADER = "Track the variable assignments in the text."
 QUESTION = "Question: Which variables are assigned the value {value}?\nAnswer:"

@@ -6,7 +6,7 @@ decode.py          greedy decoding, masks on the decode steps only (Wu et al.)
 patterns.py        detection patterns and their scores (TransformerLens, Olsson et al.)
 sequences.py       repeated random token sequences; in-context copy accuracy
 niah_tokens.py     token-level needle-in-a-haystack prompts and ROUGE-1 recall
-probe.py           Probe / ProbeResult / ProbeSettings; registry.py: the probe registry
+probe.py           Probe / ProbeResult / ProbeSettings; probe_registry.py: the probes by name
 retrieval.py, induction.py, previous_token.py, duplicate.py, prefix_matching.py: one probe each
 pattern_probe.py   what the four pattern probes share
 ablation.py        top-k vs random-k masking; plots.py, report.py, runner.py: the outputs
@@ -17,21 +17,16 @@ from attnlab.probes import ProbeTarget, ProbeSettings, get_probe, run_probes
 
 from __future__ import annotations
 
-import importlib
+from ..common import lazy_exports
 
-_EXPORTS = {
+_LAZY = {
     "ProbeResult": "probe",
     "ProbeSettings": "probe",
     "ProbeTarget": "target",
-    "get_probe": "registry",
-    "probe_names": "registry",
+    "get_probe": "probe_registry",
+    "probe_names": "probe_registry",
     "run_probes": "runner",
+    "load_model": "load",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    # Lazy: `attnlab --help` imports probes.cli, which should not pull in matplotlib.
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_exports(__name__, _LAZY)

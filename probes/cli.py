@@ -15,7 +15,7 @@ DEFAULT_PROBES = "retrieval,induction,previous_token,duplicate,prefix_matching"
 
 
 def probe_list(text: str) -> list[str]:
-    from .registry import probe_names
+    from .probe_registry import probe_names
 
     allowed = probe_names()
     names = [name.strip() for name in text.split(",") if name.strip()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .pattern_probe import PatternProbe
 from .patterns import duplicate_token_pattern
-from .registry import register_probe
+from .probe_registry import register_probe
 
 
 @register_probe

@@ -21,7 +21,7 @@ import torch
 
 from .niah_tokens import NeedleSample
 from .probe import ProbeSettings
-from .registry import register_probe
+from .probe_registry import register_probe
 from .retrieval import RetrievalProbe
 from .target import ProbeTarget
 

@@ -12,9 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-import attnlab.archs.model  # noqa: F401  (registers the attnlab Auto classes)
-
-from ..archs.model_files import check_model_files
+from ..archs import check_model_files  # importing the model registers the Auto classes
 from .hf_attention import IMPLEMENTATION
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .pattern_probe import PatternProbe
 from .patterns import induction_pattern, prefix_matching_score
-from .registry import register_probe
+from .probe_registry import register_probe
 
 
 @register_probe

@@ -4,7 +4,7 @@ ablation re-runs to see whether the heads it found matter.
     result = probe.score(target, settings)                      # ProbeResult
     acc = probe.accuracy(target, settings, heads, mode)          # task accuracy with heads masked
 
-A probe is one file with one class registered by `@register_probe` (probes/registry.py).
+A probe is one file with one class registered by `@register_probe` (probes/probe_registry.py).
 """
 
 from __future__ import annotations

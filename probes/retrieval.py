@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .decode import Decoded, greedy_decode
 from .niah_tokens import NeedleSample, needle_grid, rouge1_recall
 from .probe import Probe, ProbeResult, ProbeSettings
-from .registry import register_probe
+from .probe_registry import register_probe
 from .target import ProbeTarget
 
 DEFAULT_MAX_CONTEXT = 512  # CPU-sized default cap on NIAH prompt + answer tokens

@@ -14,7 +14,7 @@ from pathlib import Path
 from .ablation import AblationResult, run_ablation
 from .plots import ablation_plot, heatmap
 from .probe import ProbeResult, ProbeSettings
-from .registry import get_probe
+from .probe_registry import get_probe
 from .report import markdown
 from .target import ProbeTarget
 

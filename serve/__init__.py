@@ -4,13 +4,9 @@ from attnlab.serve import LLM, SamplingParams
 LLM(path_or_model, cache_memory="1GiB").generate(prompts, SamplingParams(max_tokens=64))
 """
 
-# Names load on first use (PEP 562), so commands that only need one part (and `attnlab --help`)
-# do not import everything.
 from __future__ import annotations
 
-import importlib
-
-__all__ = ["LLM", "EngineConfig", "LLMEngine", "RequestOutput", "SamplingParams"]
+from ..common import lazy_exports
 
 _LAZY = {
     "EngineConfig": "config",
@@ -18,12 +14,10 @@ _LAZY = {
     "LLM": "llm",
     "RequestOutput": "request",
     "SamplingParams": "sampling",
+    "CrossoverOptions": "crossover",
+    "layout_of": "crossover",
+    "run_crossover": "crossover:run",
+    "CROSSOVER_METRICS": "crossover_report:METRICS",
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -20,9 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..archs.config import AttnLabConfig
-from ..archs.llama import to_llama
-from ..archs.model import AttnLabForCausalLM
+from ..archs import AttnLabConfig, AttnLabForCausalLM, to_llama
 from .config import EngineConfig
 from .engine import LLMEngine
 from .sampling import SamplingParams

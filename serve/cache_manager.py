@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..archs.state import CompositeSpec, KVSpec, LatentSpec, RecurrentSpec
+from ..archs import CompositeSpec, KVSpec, LatentSpec, RecurrentSpec
 from ..kernels import state_group, stored_state_bytes
 from ..kernels.state_ops import STORAGE_DTYPES, scale_shape
 from .config import EngineConfig, parse_memory

@@ -306,7 +306,7 @@ def cmd_bench_serve(args) -> int:
     if args.url or args.offline:
         return cmd_bench_http(args)
     if args.write_model:
-        from ..evals.tokenizer import byte_tokenizer
+        from ..evals import byte_tokenizer
         from .bench import bench_model
 
         model = bench_model(

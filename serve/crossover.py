@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..archs.model import AttnLabForCausalLM
+from ..archs import AttnLabForCausalLM
 from .bench import copy_bandwidth, matmul_rate, random_model, sync
 from .cache_manager import PAGED, CacheManager
 from .config import EngineConfig, device_memory

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..archs.state import CompositeSpec, KVSpec, LatentSpec, RecurrentSpec
+from ..archs import CompositeSpec, KVSpec, LatentSpec, RecurrentSpec
 from ..kernels import (
     lightning_decode,
     lightning_prefill,

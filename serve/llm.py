@@ -20,7 +20,7 @@ from .sampling import SamplingParams
 
 def load_for_serving(path: str | Path, device: str | None = None):
     """-> (model, tokenizer or None) from an attnlab run dir or model folder."""
-    from ..evals.loading import load_model
+    from ..evals import load_model
 
     model, tokenizer, _ = load_model(path, device)
     return model, tokenizer

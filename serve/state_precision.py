@@ -74,7 +74,7 @@ class PrecisionOptions:
 def text_streams(tokenizer, n: int, length: int) -> list[list[int]]:
     """n token streams of `length` from the Python standard library's sources (the local corpus),
     taken from its last files (the ones a default 1% validation split holds out), one per file run."""
-    from ..train.corpus import stdlib_sources
+    from ..train import stdlib_sources
 
     files = stdlib_sources()[::-1]
     streams, buffer = [], []
@@ -211,8 +211,7 @@ class EngineScorer(torch.nn.Module):
 def mqar_accuracy(
     path: Path, formats: list[str], lengths: list[int], hops: list[int], samples: int, seed: int
 ):
-    from ..evals.loading import load_model, training_mqar_options
-    from ..evals.token_tasks import chain_accuracy, mqar_cell
+    from ..evals import chain_accuracy, load_model, mqar_cell, training_mqar_options
 
     model, _, model_dir = load_model(path, "cpu")
     options = training_mqar_options(path, model_dir)
@@ -247,8 +246,7 @@ def train_defaults(out: Path, steps: int) -> tuple[list[Path], list[Path]]:
     (configs/train/khop_mqar.yaml, FL)."""
     from importlib import resources
 
-    from ..train.config import parse_args
-    from ..train.run import train
+    from ..train import parse_args, train
 
     configs = Path(str(resources.files("attnlab.configs").joinpath("train")))
     made = {}
@@ -272,7 +270,7 @@ def train_defaults(out: Path, steps: int) -> tuple[list[Path], list[Path]]:
 
 def _decode_job(path: Path, opts: PrecisionOptions, threads: int) -> tuple[dict, dict]:
     """One model's decode study (in a worker process) -> (its results entry, its curves)."""
-    from ..evals.loading import load_model
+    from ..evals import load_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(opts.seed)

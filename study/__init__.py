@@ -2,13 +2,9 @@
 write one report (`attnlab study`). It sits above the other jobs and uses each through its own
 public entry points (train sweeps, eval runner, probe runner, crossover benchmark)."""
 
-# Names load on first use (PEP 562), so commands that only need one part (and `attnlab --help`)
-# do not import everything.
 from __future__ import annotations
 
-import importlib
-
-__all__ = ["StudyConfig", "StudyError", "load_study", "run_study"]
+from ..common import lazy_exports
 
 _LAZY = {
     "StudyConfig": "config",
@@ -16,11 +12,5 @@ _LAZY = {
     "StudyError": "runner",
     "run_study": "runner",
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -87,7 +87,7 @@ class EvalStage:
     batch_size: int = 16
 
     def check(self, where: str) -> None:
-        from attnlab.evals.suite import SUITES
+        from attnlab.evals import SUITES
 
         check_number(self.share, f"{where}.share", hi=1)
         if self.suite not in SUITES:
@@ -109,7 +109,7 @@ class ProbeStage:
     needles: int = 2  # the most prompts per (length, depth) cell; the budget may take fewer
 
     def check(self, where: str) -> None:
-        from attnlab.probes.registry import probe_names
+        from attnlab.probes import probe_names
 
         check_number(self.share, f"{where}.share", hi=1)
         allowed = probe_names()
@@ -232,8 +232,7 @@ def from_dict(values: dict, where: str = "") -> StudyConfig:
 
 def load_study(path: str | Path) -> StudyConfig:
     """A study YAML as given, or relative to the installed attnlab/configs (e.g. study/default.yaml)."""
-    from attnlab.train.config import check_yaml_file
-    from attnlab.train.sweep import find_config
+    from attnlab.train import check_yaml_file, find_config
 
     file = find_config(str(path))
     values = check_yaml_file(file)

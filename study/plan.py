@@ -27,7 +27,7 @@ RUN_OVERHEAD_S = {"sequential": 5.0, "processes": 15.0, "submitit": 20.0}
 
 def variant_configs(study: StudyConfig) -> dict:
     """label -> the variant's resolved train config (checked by the trainer's parser)."""
-    from attnlab.train.sweep import SweepConfig, expand
+    from attnlab.train import SweepConfig, expand
 
     sweep = SweepConfig(name=study.name, out_dir="/unused", base=study.base, grid={"variant": study.variants})
     return {run.labels["variant"]: run.config for run in expand(sweep)}
@@ -44,7 +44,7 @@ def batch_shape(cfg) -> tuple[int, int]:
 
 def step_seconds(cfg, threads: int, steps: int = 3) -> float:
     """Seconds per optimizer step of this variant (forward, backward, AdamW; after one warm-up step)."""
-    from attnlab.archs.model import AttnLabForCausalLM
+    from attnlab.archs import AttnLabForCausalLM
 
     vocab = cfg.model.vocab_size or (cfg.data.task.vocab_size if cfg.data.source == "task" else 256)
     previous = torch.get_num_threads()

@@ -156,7 +156,7 @@ def probe_section(doc: Document, out: Path, study: dict, scores: dict, stages: d
 
 
 def crossover_section(doc: Document, out: Path, results: dict, stages: dict) -> None:
-    from attnlab.serve.crossover_report import METRICS
+    from attnlab.serve import CROSSOVER_METRICS as METRICS
 
     doc.heading("Crossover: where each variant becomes cheaper than full attention")
     rows = []

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from attnlab.train.run_files import write_json
+from attnlab.train import write_json
 
 from .config import StudyConfig, from_dict
 from .plan import plan_budget
@@ -80,7 +80,7 @@ def prepare(study: StudyConfig, out: Path, resume: bool, command: str) -> dict:
         saved.write_text(yaml.safe_dump(study.to_dict(), sort_keys=False))
     plan = read_json(out / "plan.json")
     if plan is None:
-        from attnlab.train.executors import threads_per_run
+        from attnlab.train import threads_per_run
 
         threads = threads_per_run(study.train.workers)
         plan = plan_budget(study, threads)

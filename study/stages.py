@@ -58,7 +58,7 @@ def minutes(seconds: float) -> str:
 
 # --- train ----------------------------------------------------------------------------------------
 def train_stage(ctx: StageContext) -> dict:
-    from attnlab.train.sweep import ExecutorSection, SummarySection, SweepConfig, run_sweep
+    from attnlab.train import ExecutorSection, SummarySection, SweepConfig, run_sweep
 
     study, steps = ctx.study, ctx.plan["train"]["steps"]
     sweep = SweepConfig(
@@ -96,8 +96,8 @@ def train_stage(ctx: StageContext) -> dict:
 
 def variant_facts(ctx: StageContext, result: dict) -> dict:
     """Parameters, cache bytes at 4K and 64K tokens, losses: the variants table's row."""
-    from attnlab.archs.model import AttnLabForCausalLM
-    from attnlab.serve.crossover import layout_of
+    from attnlab.archs import AttnLabForCausalLM
+    from attnlab.serve import layout_of
 
     variant = result["variant"]
     model = AttnLabForCausalLM.from_pretrained(ctx.model_dir(variant))
@@ -160,8 +160,7 @@ class TrainingWatcher:
 
 # --- eval -----------------------------------------------------------------------------------------
 def eval_stage(ctx: StageContext) -> dict:
-    from attnlab.evals.runner import run_eval, run_suite
-    from attnlab.evals.suite import SuiteSpec
+    from attnlab.evals import SuiteSpec, run_eval, run_suite
 
     section, variants = ctx.study.eval, list(ctx.study.variants)
     spec = SuiteSpec(
@@ -171,7 +170,7 @@ def eval_stage(ctx: StageContext) -> dict:
     pilot = min(8, section.samples)
     samples = pilot
     if section.samples > pilot:  # size from a pilot: one variant, `pilot` samples per cell
-        from attnlab.evals.loading import load_model, training_mqar_options
+        from attnlab.evals import load_model, training_mqar_options
 
         model, tokenizer, model_dir = load_model(ctx.run_dir(variants[0]), None)
         options = {**spec.options, "mqar": training_mqar_options(ctx.run_dir(variants[0]), model_dir)}
@@ -194,7 +193,7 @@ def eval_stage(ctx: StageContext) -> dict:
 
 # --- probe ----------------------------------------------------------------------------------------
 def probe_settings(ctx: StageContext, needles: int):
-    from attnlab.probes.probe import ProbeSettings
+    from attnlab.probes import ProbeSettings
 
     task = (ctx.study.base.get("data") or {}).get("task") or {}
     return ProbeSettings(
@@ -204,9 +203,7 @@ def probe_settings(ctx: StageContext, needles: int):
 
 
 def probe_variant(ctx: StageContext, variant: str, needles: int) -> dict:
-    from attnlab.probes.load import load_model
-    from attnlab.probes.runner import run_probes
-    from attnlab.probes.target import ProbeTarget
+    from attnlab.probes import ProbeTarget, load_model, run_probes
 
     section = ctx.study.probe
     target = ProbeTarget.wrap(load_model(ctx.model_dir(variant)))
@@ -241,7 +238,8 @@ def probe_stage(ctx: StageContext) -> dict:
 def crossover_stage(ctx: StageContext) -> dict:
     import torch
 
-    from attnlab.serve.crossover import CrossoverOptions, run
+    from attnlab.serve import CrossoverOptions
+    from attnlab.serve import run_crossover as run
 
     section = ctx.study.crossover
     device = "cuda" if torch.cuda.is_available() else "cpu"

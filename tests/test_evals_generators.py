@@ -7,7 +7,7 @@ import pytest
 from evals_solvers import solve, solve_facts
 
 from attnlab.evals.fit import PromptTooLong
-from attnlab.evals.registry import make_sample, text_tasks
+from attnlab.evals.text_tasks import make_sample, text_tasks
 from attnlab.evals.tokenizer import byte_tokenizer, train_bpe
 from attnlab.evals.words import ADJECTIVES, NOISE, NOUNS, PEOPLE, PLACES
 

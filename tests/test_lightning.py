@@ -13,10 +13,9 @@ import torch
 from transformers import MiniMaxConfig
 from transformers.models.minimax.modeling_minimax import MiniMaxCache, MiniMaxLightningAttention
 
-import attnlab.archs.mixers  # noqa: F401  (registers the families)
 from attnlab.archs.config import AttnLabConfig
+from attnlab.archs.families import build_mixer, resolve_spec
 from attnlab.archs.lightning import minimax_slopes
-from attnlab.archs.registry import build_mixer, resolve_spec
 from attnlab.kernels.lightning_attention import lightning_chunked, lightning_implied_map, lightning_recurrent
 
 ATOL = 1e-5

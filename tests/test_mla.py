@@ -13,9 +13,8 @@ from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
     DeepseekV3RotaryEmbedding,
 )
 
-from attnlab.archs import mixers  # noqa: F401  (registers the families)
+from attnlab.archs.families import build_mixer, resolve_spec
 from attnlab.archs.mla import MlaSpec
-from attnlab.archs.registry import build_mixer, resolve_spec
 from attnlab.archs.state import LatentState
 
 HIDDEN = 48

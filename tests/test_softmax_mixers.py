@@ -17,8 +17,7 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from transformers.models.gpt_oss.modeling_gpt_oss import GptOssAttention, GptOssRotaryEmbedding
 from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextAttention, Qwen3NextRotaryEmbedding
 
-import attnlab.archs.mixers  # noqa: F401  (registers the families)
-from attnlab.archs.registry import build_mixer, resolve_spec
+from attnlab.archs.families import build_mixer, resolve_spec
 from attnlab.archs.rope import rope_cos_sin
 from attnlab.kernels.softmax_attention import causal_window_mask
 

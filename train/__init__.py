@@ -8,3 +8,27 @@ evals/, corpus.py + tokenizer.py: text through `datasets`), module.py (Lightning
 metrics.py, schedule.py; sweep.py (grid -> runs) -> executors.py (sequential, processes, submitit)
 -> report.py (results.csv, summary.md, plots); params.py (parameter matching); cli.py (commands).
 """
+
+from __future__ import annotations
+
+from ..common import lazy_exports
+
+_LAZY = {
+    "TrainConfig": "config",
+    "check_yaml_file": "config",
+    "parse_args": "config",
+    "train": "run",
+    "write_json": "run_files",
+    "read_result": "run_files",
+    "config_hash": "run_files",
+    "threads_per_run": "executors",
+    "stdlib_sources": "corpus",
+    "ExecutorSection": "sweep",
+    "SummarySection": "sweep",
+    "SweepConfig": "sweep",
+    "expand": "sweep",
+    "find_config": "sweep",
+    "run_sweep": "sweep",
+}
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_exports(__name__, _LAZY)

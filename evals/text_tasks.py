@@ -1,5 +1,5 @@
-"""Registry of text tasks. A task is one generator file with `@register_task(name, ...)`, plus
-one import line in `tasks.py`."""
+"""The text tasks: a task is one generator file with `@register_task(name, ...)`, plus one line in
+TEXT_TASKS' module list (the project's one registration idiom, attnlab.common.Registry)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from transformers import PreTrainedTokenizerBase
 
+from ..common import Registry
 from .fit import PromptTooLong
 from .sample import TextSample
 
@@ -28,23 +29,26 @@ class TextTask:
         return hops >= 1 and (self.max_hops is None or hops <= self.max_hops)
 
 
-TEXT_TASKS: dict[str, TextTask] = {}
+TEXT_TASKS: Registry[TextTask] = Registry(
+    "text task",
+    modules=[
+        f"attnlab.evals.{generator}"
+        for generator in ("copy_string", "facts", "ngram_lookup", "niah", "variable_tracking")
+    ],
+)
 
 
 def register_task(name: str, max_hops: int | None = 1, **fixed) -> Callable[[Builder], Builder]:
     def decorator(build: Builder) -> Builder:
-        assert name not in TEXT_TASKS, f"text task {name!r} registered twice"
-        TEXT_TASKS[name] = TextTask(name, build, max_hops, fixed)
+        TEXT_TASKS.register(name, TextTask(name, build, max_hops, fixed))
         return build
 
     return decorator
 
 
 def text_tasks() -> dict[str, TextTask]:
-    """Every registered text task (importing `tasks` runs each generator's registration)."""
-    from . import tasks  # noqa: F401
-
-    return TEXT_TASKS
+    """Every registered text task, by name."""
+    return dict(TEXT_TASKS.items())
 
 
 def sample_seed(seed: int, task: str, length: int, hops: int, index: int) -> int:
@@ -62,9 +66,9 @@ def make_sample(
     **options,
 ) -> TextSample:
     """Sample `index` of cell (task, length, hops) for `seed`: the same inputs give the same sample."""
-    if task not in text_tasks():
+    if task not in TEXT_TASKS:
         raise ValueError(f"unknown text task {task!r}; allowed: {', '.join(sorted(TEXT_TASKS))}")
-    spec = TEXT_TASKS[task]
+    spec = TEXT_TASKS.get(task)
     if not spec.supports(hops):
         raise ValueError(f"task {task!r} supports hops 1..{spec.max_hops}, got hops={hops}")
     rng = random.Random(sample_seed(seed, task, length, hops, index))

@@ -1,19 +1,26 @@
-"""Mixer registry: a family is one file that calls `@register_mixer("name", Spec)` on its class."""
+"""The mixer families: a family is one file that registers its class and spec dataclass with
+`@register_mixer("name", Spec)`, plus one line in MIXERS' module list (the project's one
+registration idiom, attnlab.common.Registry)."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-_MIXERS: dict[str, tuple[type, type]] = {}
+from ..common import Registry
+
+# type name -> (mixer class, spec dataclass)
+MIXERS: Registry[tuple[type, type]] = Registry(
+    "mixer type",
+    modules=[f"attnlab.archs.{family}" for family in ("full", "swa", "mla", "lightning", "intra")],
+)
 
 
 def register_mixer(name: str, spec_cls: type):
     """Class decorator: registers a mixer class and its spec dataclass under `name`."""
 
     def wrap(cls):
-        assert name not in _MIXERS, f"mixer type {name!r} registered twice"
-        _MIXERS[name] = (cls, spec_cls)
+        MIXERS.register(name, (cls, spec_cls))
         cls.mixer_type = name
         return cls
 
@@ -21,15 +28,15 @@ def register_mixer(name: str, spec_cls: type):
 
 
 def mixer_types() -> list[str]:
-    return sorted(_MIXERS)
+    return sorted(MIXERS.names())
 
 
 def _lookup(type_name: Any, where: str) -> tuple[type, type]:
-    if type_name not in _MIXERS:
+    if type_name not in MIXERS:
         raise ValueError(
             f"{where}.type = {type_name!r} is not a mixer type; allowed: {', '.join(mixer_types())}"
         )
-    return _MIXERS[type_name]
+    return MIXERS.get(type_name)
 
 
 def resolve_spec(spec: dict | Any, defaults: dict, where: str):
