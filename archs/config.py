@@ -1,4 +1,4 @@
-"""AttnLabConfig: one HF config for every layout of mixers (DESIGN.md "Public API").
+"""AttnLabConfig: one HF config for every layout of mixers (README "Models").
 
 `layers` is a list of per-layer mixer specs, or a pattern string whose letters are keys of
 `mixers` (defaults: F full, M mla, L lightning, S swa, I intra). A pattern whose length divides

@@ -1,4 +1,5 @@
-"""`lightning`: MiniMax-01 lightning attention, exact (REFERENCES.md; HF `MiniMaxLightningAttention`).
+"""`lightning`: MiniMax-01 lightning attention, exact (MiniMax-01, arXiv 2501.08313;
+HF `MiniMaxLightningAttention`).
 
     q, k, v = SiLU(qkv_proj(x))                 per head [q | k | v], no 1/sqrt(D) scale
     o       = linear attention with per-head decay exp(-s_h)   (kernels/lightning_attention.py)

@@ -1,4 +1,4 @@
-"""The mixer protocol (DESIGN.md "archs: mixers and the model") and the base every family shares.
+"""The mixer protocol (docs/architecture.md "The mixer protocol") and the base every family shares.
 
     y, state = mixer(x, state=None, positions=None)   # x [B, T, D]
     mixer.new_state(batch, dtype)
@@ -37,7 +37,7 @@ class Mixer(nn.Module):
     def init_head_mask(self) -> None:
         """Call at the end of a family's __init__, once num_heads is known."""
         self.register_buffer("head_mask", torch.ones(self.num_heads), persistent=False)
-        # Wu et al. 2024 ablation (REFERENCES.md "Probes"): a flagged head's pre-softmax logits are
+        # Wu et al. 2024 ("Retrieval Head Mechanistically Explains Long-Context Factuality") ablation: a flagged head's pre-softmax logits are
         # zeroed (its query is zeroed), so it attends uniformly to every key it may see.
         self.register_buffer("head_uniform", torch.zeros(self.num_heads, dtype=torch.bool), persistent=False)
 

@@ -3,7 +3,8 @@
     AttnLabConfig(**preset("minimax01"), hidden_size=128, num_hidden_layers=8)
 
 Each entry gives `layers` (pattern) and `mixers` (letter -> spec); the pattern repeats to fill
-`num_hidden_layers`, which must be a multiple of its length. Facts from REFERENCES.md.
+`num_hidden_layers`, which must be a multiple of its length. Each entry's comment says which
+published model (its HF config / report) the ratio and windows come from.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""configs — see DESIGN.md; filled in by later issues."""
+"""The packaged YAML files: model presets, training runs, sweeps, kernel workloads and the default
+study (README "Commands" says which command reads which)."""

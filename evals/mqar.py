@@ -1,5 +1,5 @@
 """MQAR: multi-query associative recall (Zoology, HazyResearch/zoology `data/multiquery_ar.py`;
-REFERENCES.md "MQAR"), and its k-hop form (chains A -> B -> C ..., issue 5).
+Arora et al. 2023), and its k-hop form (chains A -> B -> C ...).
 
 One example of length T with C = num_kv_pairs chains of `hops` pairs each:
 

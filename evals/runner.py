@@ -219,7 +219,7 @@ def run_eval(
     return report
 
 
-# The committed comparison (issue 5, evals/KHOP_RESULTS.md): models trained by
+# The committed comparison (evals/KHOP_RESULTS.md): models trained by
 # configs/sweeps/khop_mqar.yaml on 1- and 2-hop chains at 64-256 tokens, evaluated beyond their
 # training length and at more hops. kv pairs scale with length (Zoology's seq/16, capped by the
 # vocabulary), so longer contexts also hold more pairs. The MQAR generator options come from each

@@ -1,4 +1,4 @@
-"""Model-level invariants for every mixer family and the hybrids (issue: foundation).
+"""Model-level invariants for every mixer family and the hybrids.
 
 References are independent of the cached path: the plain full-sequence forward without a cache,
 and a greedy decoding loop that re-runs the whole prefix each step.

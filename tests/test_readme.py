@@ -1,4 +1,4 @@
-"""Every code block in the README runs as written (issue: a snippet used a name it never defined).
+"""Every code block in the README runs as written.
 
 Python blocks run in a fresh namespace; shell blocks run through bash, with `attnlab serve` started
 in the background until its /health answers. They run in a folder holding what the README assumes

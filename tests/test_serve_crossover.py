@@ -1,4 +1,4 @@
-"""The crossover benchmark (issue: crossover benchmark): a tiny run end to end, the crossover
+"""The crossover benchmark: a tiny run end to end, the crossover
 interpolation on hand-made curves, and the allocator's bytes against `model.state_bytes`."""
 
 from __future__ import annotations

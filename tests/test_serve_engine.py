@@ -1,4 +1,4 @@
-"""The serving engine against independent references (issue: inference engine).
+"""The serving engine against independent references.
 
 References: a greedy loop that re-runs the whole sequence without a cache each step (tokens and
 log-probabilities of every output position), and HF `generate()` on the dense cache. Weights are

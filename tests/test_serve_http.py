@@ -1,4 +1,4 @@
-"""The OpenAI-compatible server (issue: HTTP server), against a real uvicorn on a free loopback port.
+"""The OpenAI-compatible server, against a real uvicorn on a free loopback port.
 
 References: the offline `LLM.generate` on the same weights (an independent path: no HTTP, no
 threads, no streaming detokenizer), the official `openai` client, and the server's own /metrics

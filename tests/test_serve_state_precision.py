@@ -1,4 +1,4 @@
-"""Low-precision lightning state in the engine (issue: state storage dtype): fp32 storage is the
+"""Low-precision lightning state in the engine: fp32 storage is the
 exact path, bf16/fp16/int8 storage runs for every lightning-bearing family with hand-computed
 slot sizes, its error is small but real, and the state-precision bench's pieces (teacher forcing,
 divergence bookkeeping, report) do what they say."""

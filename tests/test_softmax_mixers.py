@@ -1,6 +1,6 @@
 """Softmax families (`full`, `swa`): parity with HF's public modules and the mixer invariants.
 
-Parity targets (REFERENCES.md): `GptOssAttention` (sliding window + sinks, attention bias) and
+Parity targets (transformers' own modules): `GptOssAttention` (sliding window + sinks, attention bias) and
 `Qwen3NextAttention` (sigmoid output gate, zero-centred QK RMSNorm, partial rotary 0.25, GQA).
 The HF modules run with eager attention on masks built the way their models build them
 (`create_causal_mask` / `create_sliding_window_causal_mask`) and position embeddings from their

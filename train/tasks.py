@@ -14,7 +14,7 @@ from ..evals.mqar import mqar
 
 
 def mqar_task(task, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    # hops > 1 is k-hop MQAR (chains A -> B -> C, issue 5).
+    # hops > 1 is k-hop MQAR (chains A -> B -> C).
     return mqar(
         num_examples,
         task.seq_len,
