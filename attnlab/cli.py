@@ -60,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(command_word(argv)).parse_args(argv)
     try:
-        return args.func(args)
+        if getattr(args, "kernels", None) is None:
+            return args.func(args)
+        from attnlab.kernels import kernel_choice
+
+        with kernel_choice(args.kernels):  # a job's --kernels holds for the whole command
+            return args.func(args)
     except OSError as err:  # a read-only or full output folder, a missing file: one line, not a traceback
         where = f": {err.filename}" if err.filename else ""
         print(f"attnlab {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)

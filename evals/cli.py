@@ -62,6 +62,7 @@ def options_json(text: str) -> dict:
 
 def register(sub) -> None:
     from attnlab.common import positive_int
+    from attnlab.kernels import add_kernels_option
 
     from .suite_names import SUITES
 
@@ -96,6 +97,7 @@ def register(sub) -> None:
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--out", help="output dir (default: PATH/eval, or PATH/eval-compare with --compare)")
+    add_kernels_option(p)
     p.set_defaults(func=cmd_eval)
 
     lm = sub.add_parser(

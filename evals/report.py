@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+from ..kernels import describe_kernels
+
 SEED_SUFFIX = re.compile(r"_seed=(\d+)$")  # a sweep's seed axis in a run name (train/sweep.py run_name)
 
 
@@ -131,4 +133,5 @@ def markdown_report(report: dict) -> str:
     lines += seeds_table(report)
     lines += ["", "| model | path | seconds |", "|---|---|---|"]
     lines += [f"| {m['name']} | `{m['path']}` | {m['seconds']} |" for m in report["models"]]
+    lines += [""] + [f"- {m['name']}: {describe_kernels(m.get('kernels'))}" for m in report["models"]]
     return "\n".join(lines) + "\n"

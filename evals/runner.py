@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from ..kernels import backends_used, kernel_record
 from .fit import PromptTooLong
 from .generation import encode, greedy_generate
 from .loading import load_model, model_names, training_mqar_options
@@ -183,6 +184,7 @@ def run_eval(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"suite": spec.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "models": []}
+    backends_used(reset=True)  # each model's entry records the kernels its own evaluation ran
     with (out_dir / "predictions.jsonl").open("w") as log:
         for name, path in zip(model_names(paths), paths, strict=True):
             model, tokenizer, model_dir = load_model(path, device)
@@ -202,6 +204,7 @@ def run_eval(
                     "seconds": round(time.perf_counter() - start, 2),
                     "mqar_options": mqar_options,
                     "cells": result.cells,
+                    "kernels": kernel_record(reset=True),
                 }
             )
             for row in result.predictions:

@@ -13,8 +13,13 @@ import importlib
 
 __all__ = [
     "KernelChoice",
+    "add_kernels_option",
     "backends_used",
+    "current_choice",
+    "describe_kernels",
     "kernel_choice",
+    "kernel_choice_arg",
+    "kernel_record",
     "parse_kernel_choice",
     "use_kernels",
     "lightning_decode",
@@ -31,8 +36,13 @@ __all__ = [
 
 _LAZY = {
     "KernelChoice": "dispatch",
+    "add_kernels_option": "cli_options",
     "backends_used": "dispatch",
+    "current_choice": "dispatch",
+    "describe_kernels": "dispatch",
     "kernel_choice": "dispatch",
+    "kernel_choice_arg": "dispatch",
+    "kernel_record": "dispatch",
     "parse_kernel_choice": "dispatch",
     "use_kernels": "dispatch",
     "paged_attn_decode": "attention_ops",

@@ -21,6 +21,7 @@ keyed by device and library versions: a new driver, torch, triton or fla version
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import json
@@ -195,6 +196,29 @@ def backends_used(reset: bool = False) -> dict[str, str]:
     if reset:
         _used.clear()
     return used
+
+
+def kernel_record(reset: bool = False) -> dict:
+    """What a run's outputs record about its kernels: the choice in force and the backends that ran."""
+    return {"choice": _choice.to_json(), "used": backends_used(reset)}
+
+
+def describe_kernels(record: dict | None) -> str:
+    """One line for a markdown report: "kernels (builtin choice): swa_prefill=sdpa, ..."."""
+    if not record:
+        return "kernels: not recorded"
+    choice = record["choice"]
+    pins = [f"{op}={name} (pinned)" for op, name in choice.items() if op != "default"]
+    used = [f"{op}={name}" for op, name in record["used"].items() if op not in choice]
+    return f"kernels ({choice['default']} choice): " + (", ".join(pins + used) or "no kernel op ran")
+
+
+def kernel_choice_arg(text: str) -> KernelChoice:
+    """argparse type of `--kernels`: "default=ranked,lightning_prefill=torch_chunk"."""
+    try:
+        return parse_kernel_choice(text, "--kernels")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _call_facts(op: str, inputs: dict) -> tuple[torch.device, torch.dtype, bool]:

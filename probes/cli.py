@@ -55,6 +55,7 @@ def existing_model(text: str) -> str:
 
 def register(sub) -> None:
     from attnlab.common import positive_int
+    from attnlab.kernels import add_kernels_option
 
     p = sub.add_parser("probe", help="score attention heads (retrieval, induction, ...) and ablate them")
     p.add_argument(
@@ -100,6 +101,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_kernels_option(p)
     p.set_defaults(func=cmd_probe)
 
 

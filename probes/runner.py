@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..kernels import describe_kernels, kernel_record
 from .ablation import AblationResult, run_ablation
 from .plots import ablation_plot, heatmap
 from .probe import ProbeResult, ProbeSettings
@@ -55,9 +56,11 @@ def run_probes(
         "settings": settings.to_dict(),
         "probes": {name: result.to_dict() for name, result in results.items()},
         "ablation": None if ablation is None else ablation.to_dict(),
+        "kernels": kernel_record(),
     }
     (out_dir / "scores.json").write_text(json.dumps(report, indent=2))
     summaries = {name: instances[name].summary for name in results}
     md = markdown(source, target.kind, target.heads_per_layer, results, summaries, ablation)
+    md += f"\n{describe_kernels(report['kernels'])}\n"
     (out_dir / "probe.md").write_text(md)
     return report

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..archs import AttnLabConfig, AttnLabForCausalLM, to_llama
+from ..kernels import describe_kernels, kernel_record
 from .config import EngineConfig
 from .engine import LLMEngine
 from .sampling import SamplingParams
@@ -310,8 +311,11 @@ def run(opts: BenchOptions, progress=print) -> dict:
                 + ", ".join(f"ctx {c}: {s * 1e3:.2f} ms" for c, s in costs.items())
             )
     opts.out.mkdir(parents=True, exist_ok=True)
+    results["kernels"] = kernel_record()
     (opts.out / "results.json").write_text(json.dumps(results, indent=2))
-    (opts.out / "bench_serve.md").write_text(markdown(results))
+    (opts.out / "bench_serve.md").write_text(
+        markdown(results) + f"\n{describe_kernels(results['kernels'])}\n"
+    )
     return results
 
 

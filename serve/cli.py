@@ -27,6 +27,7 @@ def _list(kind: str, allowed=None, cast=str):
 
 def register(sub) -> None:
     from attnlab.common import positive_int
+    from attnlab.kernels import add_kernels_option
 
     from ..kernels.cli import command_group
     from .bench import FAMILIES
@@ -72,6 +73,7 @@ def register(sub) -> None:
     http.add_argument("--write-model", type=Path, default=None, metavar="DIR",
                       help="only write the benchmark's full-attention model (first of --families) to DIR, "
                       "with its byte tokenizer, to serve it (and `attnlab convert` it for a peer)")  # fmt: skip
+    add_kernels_option(p)
     p.set_defaults(func=cmd_bench_serve)
     register_crossover(bench)
     register_state_precision(bench)
@@ -98,6 +100,7 @@ def _lengths(text: str) -> list[int]:
 
 def register_crossover(bench) -> None:
     from attnlab.common import positive_int
+    from attnlab.kernels import add_kernels_option
 
     from .crossover import FAMILIES
 
@@ -127,6 +130,7 @@ def register_crossover(bench) -> None:
     p.add_argument("--models", type=_named_models, default={}, metavar="NAME=PATH,...",
                    help="saved models to measure instead of --families (one named full is the reference)")  # fmt: skip
     p.add_argument("--threads", type=positive_int, default=None)
+    add_kernels_option(p)
     p.set_defaults(func=cmd_bench_crossover)
 
 
@@ -184,6 +188,7 @@ def cmd_bench_crossover(args) -> int:
 
 def register_state_precision(bench) -> None:
     from attnlab.common import positive_int
+    from attnlab.kernels import add_kernels_option
 
     from .state_precision import FORMATS, PrecisionOptions
 
@@ -209,6 +214,7 @@ def register_state_precision(bench) -> None:
                    help="steps of the default LMs when --models is not given")  # fmt: skip
     p.add_argument("--jobs", type=positive_int, default=d.jobs,
                    help="models studied at once, one process each (the cores are split between them)")  # fmt: skip
+    add_kernels_option(p)
     p.set_defaults(func=cmd_bench_state_precision)
 
 
@@ -234,6 +240,7 @@ def cmd_bench_state_precision(args) -> int:
 
 def register_serve(sub) -> None:
     from attnlab.common import positive_int
+    from attnlab.kernels import add_kernels_option
 
     from .config import ROUNDINGS, SCALE_GROUPS, STATE_DTYPES
 
@@ -267,6 +274,7 @@ def register_serve(sub) -> None:
         "--threads", type=positive_int, default=None, help="torch CPU threads (default: every core but one)"
     )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_kernels_option(p)
     p.set_defaults(func=cmd_serve)
 
 

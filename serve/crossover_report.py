@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+from ..kernels import describe_kernels, kernel_record
+
 # metric -> (title, how to read it from a point); None when the point was not measured.
 METRICS = {
     "prefill_s": ("prefill (s)", lambda p: _get(p, "prefill", "prefill_s")),
@@ -79,10 +81,11 @@ def crossovers(results: dict) -> dict:
 def write_outputs(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results["crossovers"] = crossovers(results)
+    results["kernels"] = kernel_record()
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(out / "results.json")
-    (out / "crossover.md").write_text(markdown(results))
+    (out / "crossover.md").write_text(markdown(results) + f"\n{describe_kernels(results['kernels'])}\n")
     plot(results, out / "crossover.png")
 
 

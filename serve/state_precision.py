@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..kernels import describe_kernels, kernel_record
 from .config import EngineConfig
 from .engine import LLMEngine
 from .teacher_forcing import TeacherForcer
@@ -378,6 +379,9 @@ def run(opts: PrecisionOptions) -> dict:
     from .state_precision_report import markdown, plot
 
     plot(curves, opts.out / "state_precision.png")
+    results["kernels"] = kernel_record()
     (opts.out / "state_precision.json").write_text(json.dumps(results, indent=1))
-    (opts.out / "state_precision.md").write_text(markdown(results))
+    (opts.out / "state_precision.md").write_text(
+        markdown(results) + f"\n{describe_kernels(results['kernels'])}\n"
+    )
     return results

@@ -27,6 +27,9 @@ def test_tiny_run_writes_consistent_outputs(tmp_path):
     assert (out / "crossover.png").stat().st_size > 10_000
     md = (out / "crossover.md").read_text()
     assert "## Crossover lengths" in md and "| lightning |" in md
+    assert results["kernels"]["choice"] == {"default": "builtin"}  # and the backends that ran:
+    assert {"paged_attn_decode", "lightning_decode"} <= set(results["kernels"]["used"])
+    assert "kernels (builtin choice)" in md
     assert results["layouts"] == {"full": "FF", "lightning": "LL", "gemma3-5to1": "SS"}  # 5:1 on 2 layers
     points = {(p["family"], p["length"]): p for p in results["points"]}
     assert len(points) == 6
