@@ -64,7 +64,7 @@ class SoftmaxAttention(Mixer):
         cos, sin = rope_cos_sin(positions, spec.rotary_dim, spec.rope_theta, q.dtype)
         return self.uniform_queries(apply_rope(q, cos, sin)), gate, apply_rope(k, cos, sin), v
 
-    def heads(self, x, state, positions):
+    def head_outputs(self, x, state, positions):
         q, gate, k, v = self.project(x, positions)
         sinks = self.sinks if self.spec.sinks else None
         window = self.spec.window

@@ -83,17 +83,19 @@ class IntraLayerHybrid(Mixer):
         self.init_head_mask()
 
     def share_head_uniform(self) -> None:
-        """The layer's `head_uniform` is the one set from outside; each part's heads() reads its slice."""
+        """The layer's `head_uniform` is the one set from outside; each part's head_outputs() reads its slice."""
         first = 0
         for part in self.parts:
             part.head_uniform.copy_(self.head_uniform[first : first + part.num_heads])
             first += part.num_heads
 
-    def masked_heads(self, x, state, positions):
+    def masked_output(self, x, state, positions):
         self.share_head_uniform()
         outs, first = [], 0
         for i, part in enumerate(self.parts):
-            o = part.heads(x, None if state is None else state.parts[i], positions)  # [B, T, h_i, Dv_i]
+            o = part.head_outputs(
+                x, None if state is None else state.parts[i], positions
+            )  # [B, T, h_i, Dv_i]
             mask = self.head_mask[first : first + part.num_heads].to(o.dtype)
             outs.append((o * mask[:, None]).flatten(2))
             first += part.num_heads

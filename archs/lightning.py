@@ -6,7 +6,7 @@ HF `MiniMaxLightningAttention`).
     y       = o_proj(sigmoid(output_gate(x)) * RMSNorm_{H*D}(o))
 
 Parameter names and shapes equal HF's, except HF's `out_proj` is our `o_proj` (the base class
-owns the projection), so weights copy 1:1. The norm and the gate belong to `heads()`, so an
+owns the projection), so weights copy 1:1. The norm and the gate belong to `head_outputs()`, so an
 intra-layer hybrid gets them per part and only the projection is shared.
 
 The cache is one fp32 state [B, H, D, D] per layer (`RecurrentState`), whatever the sequence
@@ -103,7 +103,7 @@ class LightningAttention(Mixer):
         flag = self.head_uniform.to(q.dtype)[:, None]  # [H, 1], broadcasts over [B, T, H, D]
         return q * (1 - flag) + unit * flag, k * (1 - flag) + unit * flag
 
-    def heads(self, x, state, positions):
+    def head_outputs(self, x, state, positions):
         b, t, _ = x.shape
         q, k, v = self.project(x)  # [B, T, H, Dh]
         slope = self.slope(x.device)

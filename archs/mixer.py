@@ -24,7 +24,7 @@ from .state import CacheState
 class Mixer(nn.Module):
     mixer_type = "base"
     num_heads: int
-    head_out_dim: int  # Dv, the per-head width of `heads()` output
+    head_out_dim: int  # Dv, the per-head width of `head_outputs()` output
 
     def __init__(self, spec, layer_idx: int, num_layers: int, hidden_size: int, output_projection: bool):
         super().__init__()
@@ -67,17 +67,17 @@ class Mixer(nn.Module):
                 positions = torch.arange(t, device=x.device).expand(b, t)
             else:
                 positions = state.positions(b, t, x.device)
-        o = self.masked_heads(x, state, positions)  # [B, T, H*Dv]
+        o = self.masked_output(x, state, positions)  # [B, T, H*Dv]
         if state is not None:
             state.advance(t)
         return (self.o_proj(o) if self.output_projection else o), state
 
-    def masked_heads(self, x, state, positions) -> torch.Tensor:
-        """heads() times head_mask, flattened: [B, T, H*Dv]."""
-        o = self.heads(x, state, positions)  # [B, T, H, Dv]
+    def masked_output(self, x, state, positions) -> torch.Tensor:
+        """head_outputs() times head_mask, flattened: [B, T, H*Dv]."""
+        o = self.head_outputs(x, state, positions)  # [B, T, H, Dv]
         return (o * self.head_mask.to(o.dtype)[:, None]).flatten(2)
 
-    def heads(self, x, state, positions) -> torch.Tensor:
+    def head_outputs(self, x, state, positions) -> torch.Tensor:
         raise NotImplementedError
 
     def new_state(self, batch: int, dtype: torch.dtype) -> CacheState:

@@ -170,7 +170,7 @@ class MultiHeadLatentAttention(Mixer):
         absorbed = self.path == "absorbed" or (self.path == "auto" and cached and t == 1)
         return (self._absorbed if absorbed else self._naive)(q_nope, q_pe, c_all, k_pe_all)
 
-    def heads(self, x, state, positions):
+    def head_outputs(self, x, state, positions):
         q_nope, q_pe, c_kv, k_pe = self.project(x, positions)
         if state is None:
             return self.attend_context(q_nope, q_pe, c_kv, k_pe, cached=False)

@@ -65,7 +65,7 @@ def test_a_uniform_full_head_outputs_the_running_mean_of_its_values():
     x = torch.randn(2, T, mixer.hidden_size)
     positions = torch.arange(T).expand(2, T)
     mixer.head_uniform[3] = True
-    o = mixer.heads(x, None, positions)  # [B, T, H, D]
+    o = mixer.head_outputs(x, None, positions)  # [B, T, H, D]
     v = mixer.v_proj(x).view(2, T, mixer.num_kv_heads, mixer.head_dim)[:, :, 3 // 2]  # GQA: head 3 -> kv 1
     running_mean = v.cumsum(1) / torch.arange(1, T + 1)[None, :, None]
     torch.testing.assert_close(o[:, :, 3], running_mean)
