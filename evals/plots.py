@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .report import across_seeds, grid, length_label
+from .markdown_report import across_seeds, grid, length_label
 
 
 def _pyplot():

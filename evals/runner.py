@@ -175,8 +175,8 @@ def run_eval(
     and `spec.options["mqar"]` overrides them."""
     from ..archs import check_model_files
     from .loading import resolve_model_dir
+    from .markdown_report import across_seeds, markdown_report, skip_lines
     from .plots import plot_heatmaps, plot_lines
-    from .report import across_seeds, markdown_report, skip_lines
 
     paths = [Path(p) for p in paths]
     for path in paths:  # every model's files, before anything is written

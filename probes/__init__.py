@@ -9,7 +9,7 @@ niah_tokens.py     token-level needle-in-a-haystack prompts and ROUGE-1 recall
 probe.py           Probe / ProbeResult / ProbeSettings; probe_registry.py: the probes by name
 retrieval.py, induction.py, previous_token.py, duplicate.py, prefix_matching.py: one probe each
 pattern_probe.py   what the four pattern probes share
-ablation.py        top-k vs random-k masking; plots.py, report.py, runner.py: the outputs
+ablation.py        top-k vs random-k masking; plots.py, probe_markdown.py, runner.py: the outputs
 load.py, cli.py    `attnlab probe PATH`
 
 from attnlab.probes import ProbeTarget, ProbeSettings, get_probe, run_probes

@@ -15,8 +15,8 @@ from ..kernels import describe_kernels, kernel_record
 from .ablation import AblationResult, run_ablation
 from .plots import ablation_plot, heatmap
 from .probe import ProbeResult, ProbeSettings
+from .probe_markdown import markdown
 from .probe_registry import get_probe
-from .report import markdown
 from .target import ProbeTarget
 
 

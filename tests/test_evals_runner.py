@@ -348,8 +348,8 @@ def report_of(models: dict[str, dict[int, float | None]]) -> dict:
 
 
 def test_a_sweeps_seeds_are_reported_per_variant_with_each_seed(tmp_path):
+    from attnlab.evals.markdown_report import across_seeds, markdown_report
     from attnlab.evals.plots import line_series, plot_lines
-    from attnlab.evals.report import across_seeds, markdown_report
 
     report = report_of(
         {
@@ -377,8 +377,8 @@ def test_a_sweeps_seeds_are_reported_per_variant_with_each_seed(tmp_path):
 
 
 def test_models_that_are_not_seeds_get_no_seed_rows():
+    from attnlab.evals.markdown_report import across_seeds, markdown_report
     from attnlab.evals.plots import line_series
-    from attnlab.evals.report import across_seeds, markdown_report
 
     report = report_of({"full_seed=0": {64: 1.0}, "lightning": {64: 0.5}})  # one seed each: no groups
     assert across_seeds(report) == [] and "Across seeds" not in markdown_report(report)

@@ -6,7 +6,7 @@
 config.py (run YAML) -> run.py (one run in its run dir) using data.py (tasks.py: synthetic tasks from
 evals/, corpus.py + tokenizer.py: text through `datasets`), module.py (LightningModule), callbacks.py,
 metrics.py, schedule.py; sweep.py (grid -> runs) -> executors.py (sequential, processes, submitit)
--> report.py (results.csv, summary.md, plots); params.py (parameter matching); cli.py (commands).
+-> sweep_report.py (results.csv, summary.md, plots); params.py (parameter matching); cli.py (commands).
 """
 
 from __future__ import annotations

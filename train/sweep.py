@@ -303,7 +303,7 @@ def pending_runs(runs: list[Run]) -> tuple[list[Run], list[Run]]:
 
 def run_sweep(sweep: SweepConfig, dry_run: bool = False) -> SweepOutcome:
     from .executors import execute
-    from .report import write_reports
+    from .sweep_report import write_reports
 
     runs = expand(sweep)
     todo, done = pending_runs(runs)
