@@ -8,9 +8,9 @@
     mixer.head_mask                                    # [H] per-head multiplier (ablation)
     mixer.head_uniform                                 # [H] bool: make the head's attention uniform
 
-A family implements `heads(x, state, positions) -> o [B, T, H, Dv]` (everything before the output
+A family implements `head_outputs(x, state, positions) -> o [B, T, H, Dv]` (everything before the output
 projection, per head). The base applies `head_mask` and the output projection; an intra-layer
-hybrid builds its parts with `output_projection=False` and concatenates their `heads` outputs.
+hybrid builds its parts with `output_projection=False` and concatenates their `head_outputs`.
 """
 
 from __future__ import annotations
