@@ -120,7 +120,10 @@ def run_demo(out_dir: Path, new_tokens: int = 24) -> list[dict]:
             }
         )
         verdict = "yes" if check.passed else "NO"
-        print(f"  {name:24s} cache==no-cache: {verdict} (max |Δlogit| {check.max_abs_logit_diff:.1e})")
+        print(
+            f"  {name:24s} cache==no-cache: {verdict} (max |Δlogit| {check.max_abs_logit_diff:.1e})",
+            flush=True,
+        )
     (out_dir / "demo.json").write_text(json.dumps(rows, indent=2))
     (out_dir / "demo.md").write_text(markdown_table(rows))
     return rows
