@@ -1,6 +1,10 @@
-"""Model definitions: mixer families, FFNs, the HF model and its cache (docs/architecture.md).
+"""Model definitions: mixer families, FFNs, the HF model and its cache, greedy decoding
+(docs/architecture.md).
 
-from attnlab.archs import AttnLabConfig, AttnLabForCausalLM
+    from attnlab.archs import AttnLabConfig, AttnLabForCausalLM, greedy_decode, preset
+
+Names load on first use (PEP 562), so importing a light part of archs (presets, specs) does not
+pull in torch.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ _LAZY = {
     "AttnLabConfig": "config",
     "AttnLabForCausalLM": "model",
     "AttnLabModel": "model",
+    "GreedyOutput": "generate",
+    "greedy_decode": "generate",
     "from_llama": "llama",
     "to_llama": "llama",
     "check_model_files": "model_files",

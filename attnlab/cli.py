@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
         "benchmarks (kernels, serve, crossover, state-precision)",
     ),
     "kernels": (("attnlab.kernels.cli",), "kernel harness: op definitions and backends"),
-    "demo": (("attnlab.archs.demo",), "build one model of each mixer family, generate with its cache"),
+    "demo": (("attnlab.serve.demo",), "build one model of each mixer family, generate with its cache"),
     "convert": (("attnlab.convert",), "attnlab full-attention model <-> Hugging Face Llama folder"),
 }
 COMMAND_MODULES = list(dict.fromkeys(m for modules, _ in COMMANDS.values() for m in modules))

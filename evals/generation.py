@@ -1,6 +1,7 @@
-"""Batched greedy generation through `model.generate()` (the serving engine takes over once it
-exists). attnlab models reject left padding, so batches are made of prompts with equal token
-counts — which every cell of the suite is, by construction — and never padded."""
+"""Batched greedy generation of text: prompts encoded, grouped by token count, decoded by the
+project's one greedy loop (`archs.greedy_decode`, cached `generate()`), cut at stop strings.
+attnlab models reject left padding, so batches are made of prompts with equal token counts — which
+every cell of the suite is, by construction — and never padded."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections import defaultdict
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from ..archs import greedy_decode
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -33,18 +36,12 @@ def greedy_generate(
         ids = encode(tokenizer, prompt)
         by_length[len(ids)].append((i, ids))
     outputs: list[str] = [""] * len(prompts)
-    for length, group in by_length.items():
+    for group in by_length.values():
         for start in range(0, len(group), batch_size):
             chunk = group[start : start + batch_size]
             ids = torch.tensor([ids for _, ids in chunk], device=device)  # [B, T], no padding
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad if pad is not None else 0,
-            )  # [B, T + new]
-            for (i, _), row in zip(chunk, out[:, length:].tolist(), strict=True):
+            new = greedy_decode(model, ids, max_new_tokens, stop_at_eos=True, pad_token_id=pad).tokens
+            for (i, _), row in zip(chunk, new.tolist(), strict=True):
                 outputs[i] = cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), stop)
             if on_batch is not None:
                 on_batch(len(chunk))

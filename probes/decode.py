@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..archs import greedy_decode as archs_greedy_decode
 from .target import ProbeTarget
 
 
@@ -31,18 +32,21 @@ def greedy_decode(
     heads=(),
     mode: str = "uniform",
 ) -> Decoded:
-    """prompt [T] int64 -> `steps` greedy tokens (and, with maps, each step's last-query rows)."""
+    """prompt [T] int64 -> `steps` greedy tokens (and, with maps, each step's last-query rows).
+    The loop is the project's one (`archs.greedy_decode`, its step path); this adds the probe's
+    forward: maps read and heads masked on the single-query steps, never on the prefill."""
     assert prompt.ndim == 1 and len(prompt) >= 2, "need a prompt of at least two tokens"
-    cache = target.run(prompt[None, :-1]).cache
-    token = prompt[-1:]
-    tokens, rows = [], [] if maps else None
-    masking = target.flags(heads, mode) if heads else nullcontext()
-    with masking:
-        for _ in range(steps):
-            out = target.run(token[None], cache=cache, maps=maps)
-            cache = out.cache
-            token = out.logits[0, -1].argmax(-1, keepdim=True).cpu()
-            tokens.append(int(token))
-            if maps:
-                rows.append([m[0, :, -1].cpu() for m in out.maps])  # [H_l, S]
-    return Decoded(tokens, rows)
+    rows = [] if maps else None
+
+    def step(ids, cache):
+        if cache is None:  # the prefill: unmasked, no maps
+            out = target.run(ids)
+            return out.logits, out.cache
+        with target.flags(heads, mode) if heads else nullcontext():
+            out = target.run(ids, cache=cache, maps=maps)
+        if maps:
+            rows.append([m[0, :, -1].cpu() for m in out.maps])  # [H_l, S]
+        return out.logits, out.cache
+
+    tokens = archs_greedy_decode(target.model, prompt[None], steps, step=step).tokens[0]
+    return Decoded(tokens.tolist(), rows)

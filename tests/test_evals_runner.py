@@ -12,6 +12,7 @@ import torch
 import yaml
 from evals_solvers import solve
 from torch import nn
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from attnlab import AttnLabConfig, AttnLabForCausalLM
 from attnlab.cli import main
@@ -49,7 +50,7 @@ class TextOracle(nn.Module):
             answer = (" " + ", ".join(solve(task, prompt))).encode() if self.correct else b" 0"
             assert len(answer) <= max_new_tokens, "the generation budget must fit the answer"
             rows.append(row + list(answer) + [0] * (max_new_tokens - len(answer)))  # 0 = pad, skipped
-        return torch.tensor(rows)
+        return GenerateDecoderOnlyOutput(sequences=torch.tensor(rows))  # return_dict_in_generate=True
 
 
 class MqarOracle(nn.Module):

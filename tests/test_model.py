@@ -1,13 +1,15 @@
 """Model-level invariants for every mixer family and the hybrids.
 
 References are independent of the cached path: the plain full-sequence forward without a cache,
-and a greedy decoding loop that re-runs the whole prefix each step.
+and a greedy decoding loop that re-runs the whole prefix each step (tests/cache_checks.py, which
+also plants a cache bug to show the comparison catches it).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from cache_checks import LOGIT_ATOL, generate_against_no_cache, peaked_model, plant_rope_off_by_one
 from transformers import AutoModelForCausalLM
 from variants import VARIANTS, tiny_config
 
@@ -114,15 +116,24 @@ def test_save_load_round_trip_gives_identical_logits(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_cached_generate_equals_greedy_loop_without_cache(name):
-    model = build(name)
+    """Tokens and every step's logits, on weights peaked enough that a position error shows."""
+    model = peaked_model(name)
     x = torch.randint(0, 64, (2, 6))
-    with torch.no_grad():
-        out = model.generate(x, max_new_tokens=10, do_sample=False, min_new_tokens=10)
-        ids = x
-        for _ in range(10):
-            nxt = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat([ids, nxt], dim=1)
-    assert torch.equal(out, ids)
+    comparison = generate_against_no_cache(model, x, 10)
+    assert comparison.tokens_equal
+    assert comparison.max_abs_logit_diff <= LOGIT_ATOL
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "lightning"])  # lightning has no positions
+def test_a_rope_off_by_one_on_cached_chunks_fails_the_generate_comparison(name, monkeypatch):
+    """Negative control for the test above: with every cached chunk's positions one too far, the
+    comparison fails; the argmax-only comparison on default-init weights that it replaced still
+    passes, which is why it compares logits on peaked weights."""
+    plant_rope_off_by_one(monkeypatch)
+    old_model = build(name)
+    x = torch.randint(0, 64, (2, 6))  # the old test's model and prompts, drawn as it drew them
+    assert generate_against_no_cache(old_model, x, 10).tokens_equal  # the old check: fooled
+    assert not generate_against_no_cache(peaked_model(name), x, 10).passes
 
 
 def test_cache_is_accepted_as_cache_or_past_key_values():
