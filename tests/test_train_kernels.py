@@ -130,3 +130,24 @@ def test_no_choice_keeps_the_config_hash(tmp_path):
     spelled = config_from_dict(short_run(tmp_path, kernels={"default": "builtin"}))
     pinned = config_from_dict(short_run(tmp_path, kernels={"swa_prefill": "torch"}))
     assert config_hash(plain) == config_hash(spelled) != config_hash(pinned)
+
+
+def test_sweeps_and_the_study_pass_the_choice_through(tmp_path):
+    """A `kernels:` base section and a grid axis over it reach every run's config; the study's
+    variants (a sweep underneath) too."""
+    from attnlab.study.config import from_dict
+    from attnlab.study.plan import variant_configs
+    from attnlab.train.sweep import SweepConfig, expand
+
+    base = {**short_run(tmp_path), "kernels": {"swa_prefill": "torch"}}
+    sweep = SweepConfig(out_dir=str(tmp_path), base=base, grid={"kernels.default": ["builtin", "ranked"]})
+    kernels = {run.labels["kernels.default"]: run.config.kernels for run in expand(sweep)}
+    assert kernels == {
+        "builtin": {"swa_prefill": "torch"},
+        "ranked": {"default": "ranked", "swa_prefill": "torch"},
+    }
+    bad = SweepConfig(out_dir=str(tmp_path), base=base, grid={"kernels.swa_prefill": ["torch", "nope"]})
+    with pytest.raises(ValueError, match=r"sweep run swa_prefill=nope: kernels.swa_prefill = 'nope'"):
+        expand(bad)
+    study = from_dict({"base": base, "variants": {"full": {"model.layers": "F"}}, "stages": ["train"]})
+    assert variant_configs(study)["full"].kernels == {"swa_prefill": "torch"}
