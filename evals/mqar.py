@@ -84,7 +84,7 @@ def mqar(
 
 
 def training_options(data: dict) -> dict:
-    """A training run's `data:` section (train/config.py, as a dict) -> the MQAR_TRAINING_OPTIONS its
+    """A training run's `data:` section (train/data_sections.py, as a dict) -> the MQAR_TRAINING_OPTIONS its
     samples were made with, or {} when it did not train on MQAR."""
     task = data.get("task") or {}
     if data.get("source") != "task" or task.get("name") != "mqar":
