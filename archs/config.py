@@ -15,8 +15,8 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from ..common import check_choice, check_positive_int
 from .families import mixer_types, resolve_spec
-from .specs import check_positive_int
 
 DEFAULT_MIXERS: dict[str, dict] = {
     "F": {"type": "full"},
@@ -122,9 +122,9 @@ class AttnLabConfig(PreTrainedConfig):
             "num_attention_heads",
             "num_key_value_heads",
         ):
-            check_positive_int(getattr(self, name), "config", name)
+            check_positive_int(getattr(self, name), f"config.{name}")
         if self.head_dim is not None:
-            check_positive_int(self.head_dim, "config", "head_dim")
+            check_positive_int(self.head_dim, "config.head_dim")
         elif self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"config.num_attention_heads = {self.num_attention_heads} does not divide hidden_size = "
@@ -135,18 +135,17 @@ class AttnLabConfig(PreTrainedConfig):
                 f"config.num_key_value_heads = {self.num_key_value_heads} must divide "
                 f"num_attention_heads = {self.num_attention_heads}"
             )
-        if self.ffn not in FFN_TYPES:
-            raise ValueError(f"config.ffn = {self.ffn!r}; allowed: {', '.join(FFN_TYPES)}")
+        check_choice(self.ffn, FFN_TYPES, "config.ffn")
         if self.ffn == "moe":
-            check_positive_int(self.num_experts, "config", "num_experts")
-            check_positive_int(self.num_experts_per_tok, "config", "num_experts_per_tok")
+            check_positive_int(self.num_experts, "config.num_experts")
+            check_positive_int(self.num_experts_per_tok, "config.num_experts_per_tok")
             if self.num_experts_per_tok > self.num_experts:
                 raise ValueError(
                     f"config.num_experts_per_tok = {self.num_experts_per_tok} exceeds num_experts = "
                     f"{self.num_experts}; allowed: 1..{self.num_experts}"
                 )
         if self.intermediate_size is not None:
-            check_positive_int(self.intermediate_size, "config", "intermediate_size")
+            check_positive_int(self.intermediate_size, "config.intermediate_size")
         if not isinstance(self.mixers, dict):
             raise ValueError(
                 f"config.mixers must be a dict of letter -> spec, got {type(self.mixers).__name__}"

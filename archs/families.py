@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 from ..common import Registry
+from .specs import MixerSpec
 
 # type name -> (mixer class, spec dataclass)
 MIXERS: Registry[tuple[type, type]] = Registry(
@@ -45,8 +46,8 @@ def resolve_spec(spec: dict | Any, defaults: dict, where: str):
     `defaults` carries model-wide values (heads, head_dim, rope_theta, …) used for fields the
     spec leaves unset; `where` names the spec in error messages (e.g. "layers[3]").
     """
-    if dataclasses.is_dataclass(spec):
-        spec = spec_to_dict(spec)
+    if isinstance(spec, MixerSpec):
+        spec = spec.to_dict()
     if not isinstance(spec, dict):
         raise ValueError(f"{where} must be a dict with a 'type' key, got {type(spec).__name__}")
     if "type" not in spec:
@@ -61,10 +62,6 @@ def resolve_spec(spec: dict | Any, defaults: dict, where: str):
     values = {k: v for k, v in defaults.items() if k in fields}
     values.update({k: v for k, v in spec.items() if v is not None})
     return spec_cls.build(values, where)
-
-
-def spec_to_dict(spec) -> dict:
-    return dataclasses.asdict(spec)
 
 
 def build_mixer(spec, layer_idx: int, num_layers: int, hidden_size: int, output_projection: bool = True):

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..common import check_positive_int
 from .families import build_mixer, register_mixer, resolve_spec
 from .mixer import Mixer
-from .specs import MixerSpec, check_positive_int
+from .specs import MixerSpec
 from .state import CompositeSpec, CompositeState
 
 
@@ -33,7 +34,7 @@ class IntraSpec(MixerSpec):
     rms_norm_eps: float = 1e-6
 
     def validate(self, where: str) -> None:
-        check_positive_int(self.num_heads, where, "num_heads")
+        check_positive_int(self.num_heads, f"{where}.num_heads")
         kv = self.num_kv_heads or self.num_heads
         parts = self.parts
         if parts is None:
@@ -52,7 +53,7 @@ class IntraSpec(MixerSpec):
                 raise ValueError(f"{at} must be a dict with 'type' and 'heads' (its number of heads)")
             part = copy.deepcopy(part)
             heads = part.pop("heads")
-            check_positive_int(heads, at, "heads")
+            check_positive_int(heads, f"{at}.heads")
             if part.get("type") == "intra":
                 raise ValueError(f"{at}.type = 'intra': parts cannot nest; allowed: any other mixer type")
             # Keep the model's query/kv ratio inside each part where it divides, else plain MHA.

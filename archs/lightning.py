@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..common import check_positive, check_positive_int
 from ..kernels import lightning_prefill, stored_state_bytes
 from ..kernels.lightning_attention import lightning_implied_map
 from .families import register_mixer
 from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm
-from .specs import MixerSpec, check_positive_int
+from .specs import MixerSpec
 from .state import CacheState, RecurrentSpec, RecurrentState
 
 
@@ -43,10 +44,8 @@ class LightningSpec(MixerSpec):
 
     def validate(self, where: str) -> None:
         for name in ("num_heads", "head_dim", "block_size"):
-            check_positive_int(getattr(self, name), where, name)
-        eps = self.rms_norm_eps
-        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
-            raise ValueError(f"{where}.rms_norm_eps = {eps!r}: must be a positive number")
+            check_positive_int(getattr(self, name), f"{where}.{name}")
+        check_positive(self.rms_norm_eps, f"{where}.rms_norm_eps")
 
 
 def minimax_slopes(num_heads: int, layer_idx: int, num_layers: int, device=None) -> torch.Tensor:

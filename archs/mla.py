@@ -38,13 +38,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..common import check_bool, check_positive, check_positive_int
 from ..kernels import mla_decode, swa_prefill
 from ..kernels.softmax_attention import attention_probs
 from .families import register_mixer
 from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm
 from .rope import apply_rope, rope_cos_sin
-from .specs import MixerSpec, check_bool, check_positive_int
+from .specs import MixerSpec
 from .state import LatentSpec, LatentState
 
 PATHS = ("auto", "naive", "absorbed")
@@ -68,7 +69,7 @@ class MlaSpec(MixerSpec):
 
     def validate(self, where: str) -> None:
         for name in ("num_heads", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
-            check_positive_int(getattr(self, name), where, name)
+            check_positive_int(getattr(self, name), f"{where}.{name}")
         q = self.q_lora_rank
         if not isinstance(q, int) or isinstance(q, bool) or q < 0:
             raise ValueError(
@@ -77,10 +78,8 @@ class MlaSpec(MixerSpec):
         if self.qk_rope_head_dim % 2:
             raise ValueError(f"{where}.qk_rope_head_dim = {self.qk_rope_head_dim}: must be even (RoPE pairs)")
         for name in ("rope_theta", "rms_norm_eps"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{where}.{name} = {value!r}: must be a positive number")
-        check_bool(self.rope_interleave, where, "rope_interleave")
+            check_positive(getattr(self, name), f"{where}.{name}")
+        check_bool(self.rope_interleave, f"{where}.rope_interleave")
 
 
 @register_mixer("mla", MlaSpec)

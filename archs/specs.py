@@ -1,25 +1,11 @@
-"""Spec dataclasses shared by the mixer families, and the checks every spec uses."""
+"""Spec dataclasses shared by the mixer families (their field checks live in common/validators.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
-
-def check_positive_int(value: Any, where: str, field: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{where}.{field} = {value!r}: must be a positive integer")
-
-
-def check_bool(value: Any, where: str, field: str) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{where}.{field} = {value!r}: must be true or false")
-
-
-def check_fraction(value: Any, where: str, field: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value <= 1.0:
-        raise ValueError(f"{where}.{field} = {value!r}: must be a number in (0, 1]")
+from ..common import check_bool, check_fraction, check_positive, check_positive_int
 
 
 @dataclass
@@ -58,28 +44,27 @@ class SoftmaxSpec(MixerSpec):
     rms_norm_eps: float = 1e-6
 
     def validate(self, where: str) -> None:
-        check_positive_int(self.num_heads, where, "num_heads")
+        check_positive_int(self.num_heads, f"{where}.num_heads")
         if self.num_kv_heads is None:
             self.num_kv_heads = self.num_heads
-        check_positive_int(self.num_kv_heads, where, "num_kv_heads")
+        check_positive_int(self.num_kv_heads, f"{where}.num_kv_heads")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"{where}.num_kv_heads = {self.num_kv_heads} must divide num_heads = {self.num_heads}"
             )
-        check_positive_int(self.head_dim, where, "head_dim")
-        check_fraction(self.partial_rotary_factor, where, "partial_rotary_factor")
+        check_positive_int(self.head_dim, f"{where}.head_dim")
+        check_fraction(self.partial_rotary_factor, f"{where}.partial_rotary_factor")
         rotary = int(self.head_dim * self.partial_rotary_factor)
         if rotary % 2:
             raise ValueError(
                 f"{where}.partial_rotary_factor = {self.partial_rotary_factor} gives an odd rotary dim "
                 f"{rotary} of head_dim {self.head_dim}; the rotary dim must be even"
             )
-        if not isinstance(self.rope_theta, (int, float)) or self.rope_theta <= 0:
-            raise ValueError(f"{where}.rope_theta = {self.rope_theta!r}: must be a positive number")
+        check_positive(self.rope_theta, f"{where}.rope_theta")
         for name in ("qk_norm", "output_gate", "sinks", "bias"):
-            check_bool(getattr(self, name), where, name)
+            check_bool(getattr(self, name), f"{where}.{name}")
         if self.window is not None:
-            check_positive_int(self.window, where, "window")
+            check_positive_int(self.window, f"{where}.window")
 
     @property
     def rotary_dim(self) -> int:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..common import check_positive_int
 from .families import register_mixer
 from .full import SoftmaxAttention
-from .specs import SoftmaxSpec, check_positive_int
+from .specs import SoftmaxSpec
 
 
 @dataclass
@@ -18,7 +19,7 @@ class SwaSpec(SoftmaxSpec):
     window: int | None = 128
 
     def validate(self, where: str) -> None:
-        check_positive_int(self.window, where, "window")
+        check_positive_int(self.window, f"{where}.window")
         super().validate(where)
 
 

@@ -9,6 +9,33 @@ from here; nothing here imports them.
 from .lazy import lazy_exports
 from .registry import Registry
 from .units import human_bytes
-from .validators import positive_int
+from .validators import (
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int_list,
+    check_number,
+    check_positive,
+    check_positive_int,
+    fail,
+    is_int,
+    is_number,
+    positive_int,
+)
 
-__all__ = ["Registry", "human_bytes", "lazy_exports", "positive_int"]
+__all__ = [
+    "Registry",
+    "check_bool",
+    "check_choice",
+    "check_fraction",
+    "check_int_list",
+    "check_number",
+    "check_positive",
+    "check_positive_int",
+    "fail",
+    "human_bytes",
+    "is_int",
+    "is_number",
+    "lazy_exports",
+    "positive_int",
+]

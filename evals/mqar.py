@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..common import check_bool, check_fraction, check_positive_int
+
 IGNORE_INDEX = -100
 # The generator settings of a training run that change what a sample looks like, so an eval of the
 # trained model must reuse them; kv pairs, lengths and hops are the eval's own grid.
@@ -82,7 +84,7 @@ def mqar(
 
 
 def training_options(data: dict) -> dict:
-    """A training run's `data:` section (train/config.py, as a dict) -> the MQAR_TRAINING_OPTIONS its
+    """A training run's `data:` section (train/data_sections.py, as a dict) -> the MQAR_TRAINING_OPTIONS its
     samples were made with, or {} when it did not train on MQAR."""
     task = data.get("task") or {}
     if data.get("source") != "task" or task.get("name") != "mqar":
@@ -107,10 +109,8 @@ def check_mqar_args(num_examples, seq_len, num_kv_pairs, vocab_size, power_a, ho
         ("vocab_size", vocab_size),
         ("hops", hops),
     ):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"mqar.{name} = {value!r}: must be a positive integer")
-    if not isinstance(power_a, (int, float)) or not 0 < power_a <= 1:
-        raise ValueError(f"mqar.power_a = {power_a!r}: must be a number in (0, 1]")
+        check_positive_int(value, f"mqar.{name}")
+    check_fraction(power_a, "mqar.power_a", "(0, 1]")
     links, half = num_kv_pairs * hops, vocab_size // 2
     if links > half - 1 or num_kv_pairs > vocab_size - half:
         raise ValueError(
@@ -118,8 +118,7 @@ def check_mqar_args(num_examples, seq_len, num_kv_pairs, vocab_size, power_a, ho
             f"needs {links} distinct keys in [1, V/2) and {num_kv_pairs} values in [V/2, V); "
             f"use vocab_size >= {2 * max(links + 1, num_kv_pairs)}"
         )
-    if not isinstance(separator, bool):
-        raise ValueError(f"mqar.separator = {separator!r}: must be true or false")
+    check_bool(separator, "mqar.separator")
     needed = example_tokens(num_kv_pairs, hops, separator)
     if seq_len < needed:
         raise ValueError(

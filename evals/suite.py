@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import asdict, dataclass, field
 
+from ..common import check_bool, check_positive_int
 from .mqar import check_mqar_args, mqar
 from .suite_names import SUITES
 from .text_tasks import TEXT_TASKS
@@ -39,16 +40,12 @@ def check_options(task: str, options: dict) -> None:
         raise ValueError(f"suite options[{task!r}]: unknown {unknown!r}; allowed: {', '.join(allowed)}")
     if task in TOKEN_TASKS:  # values too: a bad one would otherwise only skip every cell
         kv = options.get("kv_pairs", 1)
-        if not isinstance(kv, int) or isinstance(kv, bool) or kv <= 0:
-            raise ValueError(f"suite options['mqar'].kv_pairs = {kv!r}: must be a positive integer")
+        check_positive_int(kv, "suite options['mqar'].kv_pairs")
         try:
             check_mqar_args(
                 1, 2**20, kv, 2**20, options.get("power_a", 0.01), 1, options.get("separator", False)
             )
-            if not isinstance(options.get("random_non_queries", True), bool):
-                raise ValueError(
-                    f"mqar.random_non_queries = {options['random_non_queries']!r}: must be true or false"
-                )
+            check_bool(options.get("random_non_queries", True), "mqar.random_non_queries")
         except ValueError as err:
             raise ValueError(f"suite options['mqar']: {err}") from None
 

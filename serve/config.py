@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..common import check_choice, check_positive_int
 from ..kernels.state_ops import ROUNDINGS, SCALE_GROUPS, STORAGE_DTYPES
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -60,9 +61,7 @@ class EngineConfig:
 
     def __post_init__(self):
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} = {value!r}: must be a positive integer")
+            check_positive_int(getattr(self, name), name)
         if self.max_model_len is not None and (
             not isinstance(self.max_model_len, int) or self.max_model_len <= 0
         ):
@@ -73,8 +72,7 @@ class EngineConfig:
             ("state_rounding", ROUNDINGS),
             ("state_scales", SCALE_GROUPS),
         ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} = {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
+            check_choice(getattr(self, name), allowed, name)
         if self.state_dtype == "fp32" and self.state_rounding != "nearest":
             raise ValueError(
                 "state_rounding = 'stochastic' needs state_dtype bf16, fp16 or int8 (fp32 stores exactly)"

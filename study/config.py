@@ -30,29 +30,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common import check_int_list, check_number, fail
+
 STAGES = ("train", "eval", "probe", "crossover")
 EXECUTORS = ("sequential", "processes", "submitit")
-
-
-def fail(where: str, value, allowed: str) -> None:
-    raise ValueError(f"{where} = {value!r}: {allowed}")
-
-
-def check_number(value, where: str, lo: float = 0.0, hi: float | None = None, integer: bool = False) -> None:
-    kind = int if integer else (int, float)
-    ok = (
-        isinstance(value, kind) and not isinstance(value, bool) and value > lo and (hi is None or value <= hi)
-    )
-    if not ok:
-        what = "an integer" if integer else "a number"
-        fail(where, value, f"must be {what} > {lo:g}" + (f" and <= {hi:g}" if hi is not None else ""))
-
-
-def check_int_list(value, where: str) -> None:
-    if not isinstance(value, list) or not value:
-        fail(where, value, "must be a non-empty list of positive integers")
-    for i, item in enumerate(value):
-        check_number(item, f"{where}[{i}]", integer=True)
 
 
 @dataclass

@@ -43,8 +43,10 @@ def batch_shape(cfg) -> tuple[int, int]:
 
 
 def step_seconds(cfg, threads: int, steps: int = 3) -> float:
-    """Seconds per optimizer step of this variant (forward, backward, AdamW; after one warm-up step)."""
+    """Seconds per optimizer step of this variant (forward, backward, AdamW; after one warm-up step),
+    with the kernels its run will use (the run config's `kernels:` choice)."""
     from attnlab.archs import AttnLabForCausalLM
+    from attnlab.kernels import kernel_choice
 
     vocab = cfg.model.vocab_size or (cfg.data.task.vocab_size if cfg.data.source == "task" else 256)
     previous = torch.get_num_threads()
@@ -55,12 +57,13 @@ def step_seconds(cfg, threads: int, steps: int = 3) -> float:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         batch, length = batch_shape(cfg)
         ids = torch.randint(0, vocab, (batch, length))
-        for i in range(steps + 1):
-            if i == 1:
-                start = time.perf_counter()
-            model(input_ids=ids, labels=ids).loss.backward()
-            opt.step()
-            opt.zero_grad()
+        with kernel_choice(cfg.kernel_choice()):
+            for i in range(steps + 1):
+                if i == 1:
+                    start = time.perf_counter()
+                model(input_ids=ids, labels=ids).loss.backward()
+                opt.step()
+                opt.zero_grad()
         return (time.perf_counter() - start) / steps
     finally:
         torch.set_num_threads(previous)

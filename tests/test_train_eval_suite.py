@@ -82,6 +82,7 @@ def test_eval_section_changes_the_run_hash_only_when_on(tmp_path):
     off = config_from_dict(tiny_run(tmp_path, eval={"suite": None, "samples": 3}))
     before = off.to_dict()
     del before["eval"]
+    del before["kernels"]  # no kernel choice: also hashed as before that section existed
     before["trainer"] = {k: v for k, v in before["trainer"].items() if k not in EXECUTION_ONLY}
     assert config_hash(off) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
     assert config_hash(config_from_dict(tiny_run(tmp_path, eval=SUITE))) != config_hash(off)

@@ -18,6 +18,8 @@ def config_hash(cfg: TrainConfig) -> str:
     values["trainer"] = {k: v for k, v in values["trainer"].items() if k not in EXECUTION_ONLY}
     if cfg.eval.suite is None:  # no suite: the same run as before `eval:` existed (same hash)
         del values["eval"]
+    if not cfg.kernels:  # no kernel choice: the same run as before `kernels:` existed (same hash)
+        del values["kernels"]
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import TrainConfig, choose, config_from_dict, dump_config
+from ..common import check_choice, check_positive_int
+from .config import TrainConfig, config_from_dict, dump_config
 from .run_files import config_hash, read_result
 
 EXECUTORS = ("sequential", "processes", "submitit")
@@ -47,9 +48,8 @@ class ExecutorSection:
     )  # submitit update_parameters (slurm_partition, timeout_min, …)
 
     def __post_init__(self) -> None:
-        choose(self.kind, EXECUTORS, "executor.kind")
-        if not isinstance(self.workers, int) or self.workers <= 0:
-            raise ValueError(f"executor.workers = {self.workers!r}: must be a positive integer")
+        check_choice(self.kind, EXECUTORS, "executor.kind")
+        check_positive_int(self.workers, "executor.workers")
 
 
 @dataclass
@@ -62,7 +62,7 @@ class SummarySection:
     columns: str | None = None  # axis across the columns; default: the last remaining axis
 
     def __post_init__(self) -> None:
-        choose(self.mode, ("max", "min"), "summary.mode")
+        check_choice(self.mode, ("max", "min"), "summary.mode")
 
 
 @dataclass
@@ -105,15 +105,15 @@ class SweepConfig:
             *(self.summary.rows or []),
             *filter(None, [self.summary.columns]),
         ]:
-            choose(name, tuple(axes), "summary axis")
+            check_choice(name, tuple(axes), "summary axis")
         if self.summary.metrics and self.summary.columns:
             raise ValueError(
                 "summary.metrics and summary.columns are both set; the columns are one or the other"
             )
         if self.match_params:
-            choose(self.match_params.axis, tuple(axes), "match_params.axis")
+            check_choice(self.match_params.axis, tuple(axes), "match_params.axis")
             labels = tuple(axis_labels(self.grid[self.match_params.axis]))
-            choose(self.match_params.reference, labels, "match_params.reference")
+            check_choice(self.match_params.reference, labels, "match_params.reference")
 
 
 @dataclass
