@@ -21,6 +21,7 @@ _LAZY = {
     "to_llama": "llama",
     "check_model_files": "model_files",
     "preset": "presets",
+    "PRESETS": "presets",
     "KVSpec": "state",
     "LatentSpec": "state",
     "RecurrentSpec": "state",

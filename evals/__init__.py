@@ -14,6 +14,9 @@ from ..common import lazy_exports
 
 _LAZY = {
     "SUITES": "suite",
+    "check_mqar_args": "mqar",
+    "mqar": "mqar",
+    "mqar_training_options": "mqar:training_options",
     "SuiteSpec": "suite",
     "evaluate_suite": "runner",
     "run_suite": "runner",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..evals.tokenizer import build_tokenizer, encode
+from ..evals import build_tokenizer, encode
 from .corpus import load_documents, pack, sample_documents, split_rows
 from .tasks import TASKS
 

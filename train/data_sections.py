@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common import check_choice, check_fraction, check_positive
-from ..evals.mqar import check_mqar_args
+from ..evals import check_mqar_args
 from .tasks import TASKS
 
 DATA_SOURCES = ("task", "text")

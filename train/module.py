@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.lr_scheduler import LambdaLR
 
-from ..archs.config import AttnLabConfig
-from ..archs.model import AttnLabForCausalLM
+from ..archs import AttnLabConfig, AttnLabForCausalLM
 from .config import OptimSection
 from .metrics import answer_accuracy
 from .schedule import lr_factor
@@ -92,7 +91,7 @@ class CausalLMModule(L.LightningModule):
             for name, sums in zip(self.val_names, self.val_sums, strict=True):
                 metrics.update(summarize(sums, f"@{name}"))
         if self.eval_spec is not None and self.suite_due():
-            from ..evals.runner import evaluate_suite
+            from ..evals import evaluate_suite
 
             self.suite_metrics = evaluate_suite(self.model, self.eval_tokenizer, self.eval_spec)
             metrics.update(self.suite_metrics)

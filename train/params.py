@@ -7,7 +7,7 @@ import copy
 
 import torch
 
-from ..archs.model import AttnLabForCausalLM
+from ..archs import AttnLabForCausalLM
 
 
 def nominal_vocab(cfg) -> int:

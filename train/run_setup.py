@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 
-from ..evals.mqar import training_options
+from ..evals import mqar_training_options as training_options
 from .callbacks import GuardedCheckpoint
 from .config import TrainConfig
 from .data import DataTensors

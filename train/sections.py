@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..archs.presets import PRESETS, preset
+from ..archs import PRESETS, preset
 from ..common import check_choice, check_fraction, check_positive, check_positive_int
 from .data_sections import DataSection
 
@@ -56,7 +56,7 @@ class ModelSection:
         )
 
     def hf_config(self, data_vocab_size: int):
-        from ..archs.config import AttnLabConfig
+        from ..archs import AttnLabConfig
 
         try:
             return AttnLabConfig(**self.hf_kwargs(data_vocab_size))
@@ -154,7 +154,7 @@ class EvalSection:
 
     def spec(self, mqar_defaults: dict | None = None):
         """-> SuiteSpec; `mqar_defaults` (the training task's generator options) under `options`."""
-        from ..evals.suite import SuiteSpec
+        from ..evals import SuiteSpec
 
         options = dict(self.options)
         if mqar_defaults:

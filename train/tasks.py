@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..evals.mqar import mqar
+from ..evals import mqar
 
 
 def mqar_task(task, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
