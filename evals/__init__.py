@@ -15,7 +15,7 @@ from ..common import lazy_exports
 _LAZY = {
     "SUITES": "suite",
     "check_mqar_args": "mqar",
-    "mqar": "mqar",
+    "mqar_examples": "mqar:mqar",
     "mqar_training_options": "mqar:training_options",
     "SuiteSpec": "suite",
     "evaluate_suite": "runner",

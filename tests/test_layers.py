@@ -97,7 +97,13 @@ def test_other_folders_use_only_a_folders_public_names():
 
 
 @pytest.mark.parametrize("folder", sorted(RANK))
-def test_every_public_name_resolves(folder):
+def test_every_public_name_resolves_and_none_is_shadowed_by_a_module(folder):
     module = importlib.import_module("attnlab" if folder == "attnlab" else f"attnlab.{folder}")
+    modules = {p.stem for p in (ROOT / folder).glob("*.py")} | {
+        p.parent.name for p in (ROOT / folder).glob("*/__init__.py")
+    }
     for name in getattr(module, "__all__", ()):
+        # Once `attnlab.<folder>.<name>` is imported as a module, the package attribute is that
+        # module, not the function of the same name: a public name must not be a module's name.
+        assert name not in modules, f"attnlab.{folder}.{name} is also a module of the folder"
         assert getattr(module, name) is not None, f"attnlab.{folder}.{name}"

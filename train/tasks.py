@@ -10,12 +10,12 @@ from collections.abc import Callable
 
 import torch
 
-from ..evals import mqar
+from ..evals import mqar_examples
 
 
 def mqar_task(task, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     # hops > 1 is k-hop MQAR (chains A -> B -> C).
-    return mqar(
+    return mqar_examples(
         num_examples,
         task.seq_len,
         task.num_kv_pairs,
