@@ -1,7 +1,7 @@
 """`lightning`: MiniMax-01 lightning attention, exact (REFERENCES.md; HF `MiniMaxLightningAttention`).
 
     q, k, v = SiLU(qkv_proj(x))                 per head [q | k | v], no 1/sqrt(D) scale
-    o       = linear attention with per-head decay exp(-s_h)   (kernels/lightning_attention.py)
+    o       = linear attention with per-head decay exp(-s_h)   (kernels/lightning/reference.py)
     y       = o_proj(sigmoid(output_gate(x)) * RMSNorm_{H*D}(o))
 
 Parameter names and shapes equal HF's, except HF's `out_proj` is our `o_proj` (the base class
@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import lightning_prefill, stored_state_bytes
-from ..kernels.lightning_attention import lightning_implied_map
+from ..kernels import lightning_implied_map, lightning_prefill, stored_state_bytes
 from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm
 from .registry import register_mixer
@@ -126,7 +125,7 @@ class LightningAttention(Mixer):
         h, d = self.num_heads, self.head_dim
         if state_dtype != "fp32":  # the serving engine's storage (docs/state_precision.md)
             return stored_state_bytes(h, d, d, state_dtype, state_scales)
-        # fp32 whatever the model dtype (float64 models keep float64): see kernels/lightning_attention.py.
+        # fp32 whatever the model dtype (float64 models keep float64): see kernels/lightning/reference.py.
         return h * d * d * max(4, dtype_bytes(dtype))
 
     def attention_map(self, x, positions=None):

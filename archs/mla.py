@@ -38,8 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..kernels import mla_decode, swa_prefill
-from ..kernels.softmax_attention import attention_probs
+from ..kernels import attention_probs, mla_decode, swa_prefill
 from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm
 from .registry import register_mixer

@@ -1,5 +1,11 @@
 """Attention ops: definitions with plain-torch references, backends, dispatch (README: `attnlab kernels check`).
 
+One sub-package per op family (lightning/, attention/, paged/, mla/, state/): `ops.py` holds the
+definitions and the `torch` reference, `<backend>.py` one backend (the file name is the backend
+name: torch_chunk, sdpa, triton, fla, c), `*_kernels.py` raw @triton.jit code. The shared
+machinery (definition, registry, dispatch, harness, workloads, report, cli) sits here. Code
+outside kernels/ imports the names below only, never a kernels submodule.
+
 Call an op like a function; dispatch picks the backend (`backend="name"` overrides):
 
     o, final = lightning_prefill(q, k, v, slope, initial_state, output_final_state=True)
@@ -11,41 +17,40 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = [
-    "KernelChoice",
-    "backends_used",
-    "kernel_choice",
-    "parse_kernel_choice",
-    "use_kernels",
-    "lightning_decode",
-    "lightning_prefill",
-    "mla_decode",
-    "paged_attn_decode",
-    "paged_attn_prefill",
-    "state_group",
-    "state_load",
-    "state_store",
-    "stored_state_bytes",
-    "swa_prefill",
-]
-
 _LAZY = {
+    # the kernel choice (dispatch)
     "KernelChoice": "dispatch",
     "backends_used": "dispatch",
     "kernel_choice": "dispatch",
     "parse_kernel_choice": "dispatch",
     "use_kernels": "dispatch",
-    "paged_attn_decode": "attention_ops",
-    "swa_prefill": "attention_ops",
-    "lightning_decode": "lightning_ops",
-    "lightning_prefill": "lightning_ops",
-    "mla_decode": "mla_ops",
-    "paged_attn_prefill": "paged_ops",
-    "state_group": "state_ops",
-    "state_load": "state_ops",
-    "state_store": "state_ops",
-    "stored_state_bytes": "state_ops",
+    # the ops; each call goes through dispatch to a backend
+    "lightning_decode": "lightning.ops",
+    "lightning_prefill": "lightning.ops",
+    "swa_prefill": "attention.ops",
+    "paged_attn_decode": "paged.ops",
+    "paged_attn_prefill": "paged.ops",
+    "mla_decode": "mla.ops",
+    "state_group": "state.ops",
+    "state_load": "state.ops",
+    "state_store": "state.ops",
+    "stored_state_bytes": "state.ops",
+    # plain-torch math the mixers and probes share with the references (attention maps, parity)
+    "attention_probs": "attention.reference",
+    "causal_window_mask": "attention.reference",
+    "lightning_chunked": "lightning.reference",
+    "lightning_implied_map": "lightning.reference",
+    "lightning_recurrent": "lightning.reference",
+    # the stored-state formats the serving engine validates and sizes
+    "ROUNDINGS": "state.ops",
+    "SCALE_GROUPS": "state.ops",
+    "STORAGE_DTYPES": "state.ops",
+    "scale_shape": "state.ops",
+    # benchmark plumbing the other `attnlab bench` subcommands share
+    "command_group": "cli",
+    "keep_freed_memory": "harness",
 }
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import dispatch, harness, registry, report
+from . import dispatch, environment, harness, registry, report
 from .definition import Trace
 from .workloads import read_config, suite_workloads
 
@@ -115,7 +115,7 @@ def _run(args, title: str, default_suite: str | None, yardstick: bool) -> int:
         return 2
     Path(args.out).mkdir(parents=True, exist_ok=True)  # an output folder that cannot be written fails first
     count = sum(len(v) for v in workloads.values())
-    print(f"{title}: suite {suite!r}, {count} workloads on {dispatch.device_name(device.type)} "
+    print(f"{title}: suite {suite!r}, {count} workloads on {environment.device_name(device.type)} "
           f"({torch.get_num_threads()} threads{', freed memory kept in the heap' if tuned else ''}) -> {args.out}",
           flush=True)  # fmt: skip
     traces = harness.run(workloads, device, args.backends, args.reps, args.seed, progress=_progress)
@@ -127,7 +127,7 @@ def _run(args, title: str, default_suite: str | None, yardstick: bool) -> int:
                 if names:
                     dispatch.write_ranking(device.type, op, mode, names, {"suite": suite})
     failed = [t for t in traces if t.evaluation["status"] in harness.FAILED]
-    summary = {"suite": suite, "device": dispatch.device_key(device.type), "malloc_keeps_freed_memory": tuned,
+    summary = {"suite": suite, "device": environment.device_key(device.type), "malloc_keeps_freed_memory": tuned,
                "rankings": ranks,
                "failed": [f"{t.definition} {t.workload['label']} {t.solution}: {t.evaluation['status']}" for t in failed]}  # fmt: skip
     path = report.write_run(Path(args.out), f"{title} (suite {suite})", traces, summary, bmm_rows)

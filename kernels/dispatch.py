@@ -25,15 +25,14 @@ import contextlib
 import functools
 import json
 import os
-import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from . import registry
+from .environment import device_key
 from .registry import Solution
 
 FALLBACK = ("torch_chunk", "torch")
@@ -49,38 +48,6 @@ MODES = ("fwd", "fwd+bwd")
 
 def cache_path() -> Path:
     return Path(os.environ.get("ATTNLAB_KERNEL_CACHE", Path.home() / ".cache" / "attnlab" / "kernels.json"))
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "none"
-
-
-@functools.cache
-def device_name(device_type: str) -> str:
-    if device_type == "cuda":
-        major, minor = torch.cuda.get_device_capability()
-        return f"cuda:{torch.cuda.get_device_name()} sm{major}{minor}"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{device_type}:{model}"
-
-
-@functools.cache
-def device_key(device_type: str) -> str:
-    """Device plus every library version that changes which kernel is correct or fastest."""
-    versions = " ".join(
-        f"{d}={_version(d)}" for d in ("torch", "triton", "flash-linear-attention", "attnlab")
-    )
-    return f"{device_name(device_type)} | {versions}"
 
 
 def read_cache() -> dict:

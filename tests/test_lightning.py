@@ -17,7 +17,7 @@ import attnlab.archs.mixers  # noqa: F401  (registers the families)
 from attnlab.archs.config import AttnLabConfig
 from attnlab.archs.lightning import minimax_slopes
 from attnlab.archs.registry import build_mixer, resolve_spec
-from attnlab.kernels.lightning_attention import lightning_chunked, lightning_implied_map, lightning_recurrent
+from attnlab.kernels import lightning_chunked, lightning_implied_map, lightning_recurrent
 
 ATOL = 1e-5
 # A spread of decays, including none at all (the last layer of a deep MiniMax stack is ~1e-5).
