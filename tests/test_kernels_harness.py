@@ -166,7 +166,7 @@ def test_cli_check_writes_results_and_stores_rankings(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed"] == [] and "swa_prefill" in summary["rankings"]
     dispatch.forget()
-    assert dispatch.stored_ranking("cpu", "swa_prefill", "fwd")  # dispatch now follows this run
+    assert dispatch.stored_ranking("cpu", "swa_prefill", "fwd")  # followed under `default: ranked`
 
 
 @pytest.mark.parametrize(

@@ -279,9 +279,11 @@ def test_dispatch_without_a_ranking_runs_sdpa_for_prefill(private_cache):
     assert dispatch.select("paged_attn_prefill", call).name == "sdpa"
 
 
-def test_a_stored_ranking_overrides_the_default_order(private_cache):
+def test_a_stored_ranking_overrides_the_default_order_only_when_ranked(private_cache):
     dispatch.write_ranking("cpu", "paged_attn_decode", "fwd", ["torch_chunk", "c"], {})
-    assert dispatch.select("paged_attn_decode", decode_call()).name == "torch_chunk"
+    assert dispatch.select("paged_attn_decode", decode_call()).name == "c"  # default: builtin
+    with dispatch.kernel_choice(dispatch.parse_kernel_choice("default=ranked")):
+        assert dispatch.select("paged_attn_decode", decode_call()).name == "torch_chunk"
 
 
 # --- the C backend --------------------------------------------------------------------------------
