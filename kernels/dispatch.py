@@ -68,6 +68,8 @@ DEFAULT_ORDER: dict[tuple[str, str], tuple[str | tuple[str, Callable[[dict, bool
     #   the same, bf16                                     6.53x | 0.58x  -> sdpa forward only
     #   window 128 (no sinks | sinks)            0.30x | 0.91x, 0.42x | 0.53x -> torch_chunk
     ("swa_prefill", "cpu"): (("sdpa", sdpa_fastest_on_cpu),),
+    # The paged ops and the state codecs keep the serving engine's order (docs/serving.md "Kernels",
+    # docs/state_precision.md): the C kernels where they take the call (fp32, forward), then SDPA.
     ("paged_attn_decode", "cpu"): ("c", "sdpa"),
     ("paged_attn_prefill", "cpu"): ("sdpa",),
     ("state_store", "cpu"): ("c",),

@@ -2,7 +2,7 @@
 of the same shape and weights (archs/llama.py `to_llama`).
 
 One step = forward + loss + backward + AdamW step, timed as the median of `repeats` after `warmup`
-steps, on `threads` CPU threads. Three rows: attnlab with the built-in kernel choice (what a fresh
+steps, on `threads` CPU threads, the rows taking turns step by step. Three rows: attnlab with the built-in kernel choice (what a fresh
 install runs: the ranking cache is an empty temporary file), attnlab with `default: ranked` after
 the harness has ranked the op's backends at this shape (a temporary cache, never ~/.cache), and
 the Llama peer. Each attnlab row records the backends that ran (`backends_used`), so the table says
@@ -15,6 +15,7 @@ imports archs inside `run` (kernels/ itself stays importable without archs).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import statistics
@@ -76,20 +77,18 @@ def rank_attention(opts: TrainStepOptions) -> dict:
     return ranks
 
 
-def time_steps(model, ids: torch.Tensor, opts: TrainStepOptions) -> list[float]:
-    """Seconds per training step (forward, loss, backward, AdamW step), after the warm-up."""
+def step_fn(model, ids: torch.Tensor):
+    """-> a function that runs one training step (forward, loss, backward, AdamW step)."""
     model.train()
     optim = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
-    for i in range(opts.warmup + opts.repeats):
-        start = time.perf_counter()
+
+    def step() -> None:
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optim.step()
         optim.zero_grad(set_to_none=True)
-        if i >= opts.warmup:
-            times.append(time.perf_counter() - start)
-    return times
+
+    return step
 
 
 def build_models(opts: TrainStepOptions):
@@ -112,32 +111,47 @@ def _row(name: str, times: list[float], peer_s: float | None, **extra) -> dict:
 
 
 def run(opts: TrainStepOptions, out: Path) -> dict:
-    """Time the three rows and write results.json + results.md into `out` -> the results."""
+    """Time the three rows and write results.json + results.md into `out` -> the results.
+
+    The rows take turns, one step each per round, so a burst of load from another process on a
+    shared machine slows every row alike instead of one row's whole sample."""
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(opts.threads)
     ours, llama = build_models(opts)
     ids = torch.randint(0, opts.vocab, (opts.batch, opts.length), generator=torch.Generator().manual_seed(1))
-    llama_times = time_steps(llama, ids, opts)
-    peer = statistics.median(llama_times)
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        with private_kernel_cache(Path(tmp) / "empty.json"):
-            with dispatch.kernel_choice(dispatch.KernelChoice()):
-                dispatch.backends_used(reset=True)
-                times = time_steps(ours, ids, opts)
-                used = dispatch.backends_used(reset=True)
-            rows.append(_row("attnlab, default: builtin (empty ranking cache)", times, peer, kernels=used))
-        with private_kernel_cache(Path(tmp) / "ranked.json"):
+        empty, ranked_cache = Path(tmp) / "empty.json", Path(tmp) / "ranked.json"
+        with private_kernel_cache(ranked_cache):
             ranking = rank_attention(opts)
-            with dispatch.kernel_choice(dispatch.KernelChoice(ranked=True)):
-                dispatch.backends_used(reset=True)
-                times = time_steps(ours, ids, opts)
-                used = dispatch.backends_used(reset=True)
-            rows.append(_row("attnlab, default: ranked (after ranking swa_prefill)", times, peer,
-                             kernels=used, ranking=ranking))  # fmt: skip
-    rows.append(_row("Hugging Face LlamaForCausalLM", llama_times, None, kernels={"attention": "sdpa (HF)"}))
+        # row name -> (one step, its ranking cache, its kernel choice); None: the Llama peer
+        rows = {
+            "builtin": (step_fn(ours, ids), empty, dispatch.KernelChoice()),
+            "ranked": (step_fn(copy.deepcopy(ours), ids), ranked_cache, dispatch.KernelChoice(ranked=True)),
+            "llama": (step_fn(llama, ids), None, None),
+        }
+        times: dict[str, list[float]] = {name: [] for name in rows}
+        used: dict[str, dict] = {name: {} for name in rows}
+        for i in range(opts.warmup + opts.repeats):
+            for name, (step, cache, choice) in rows.items():
+                with contextlib.ExitStack() as stack:
+                    if cache is not None:
+                        stack.enter_context(private_kernel_cache(cache))
+                        stack.enter_context(dispatch.kernel_choice(choice))
+                    dispatch.backends_used(reset=True)
+                    start = time.perf_counter()
+                    step()
+                    elapsed = time.perf_counter() - start
+                    used[name] = dispatch.backends_used(reset=True)
+                if i >= opts.warmup:
+                    times[name].append(elapsed)
+    peer = statistics.median(times["llama"])
     results = {"options": asdict(opts), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "rows": rows}  # fmt: skip
+               "rows": [_row("attnlab, default: builtin (empty ranking cache)", times["builtin"], peer,
+                             kernels=used["builtin"]),
+                        _row("attnlab, default: ranked (after ranking swa_prefill)", times["ranked"], peer,
+                             kernels=used["ranked"], ranking=ranking),
+                        _row("Hugging Face LlamaForCausalLM", times["llama"], None,
+                             kernels={"attention": "sdpa (HF)"})]}  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
     return results
@@ -149,7 +163,8 @@ def markdown(results: dict) -> str:
         f"# attnlab bench train-step: B {o['batch']}, T {o['length']}, hidden {o['hidden']}, "
         f"{o['layers']} layers, {o['heads']} heads, vocab {o['vocab']}, fp32, {results['threads']} CPU threads",
         "",
-        f"Forward + backward + AdamW step, median of {o['repeats']} after {o['warmup']} warm-up steps.",
+        f"Forward + backward + AdamW step, median of {o['repeats']} after {o['warmup']} warm-up steps; the rows "
+        "take turns, one step each per round.",
         "",
         "| row | median s/step | vs Llama | kernels |",
         "|---|---:|---:|---|",

@@ -33,14 +33,14 @@ def test_every_sub_package_is_listed_in_pyproject():
     """setuptools ships only the packages pyproject names: a sub-package missing there installs
     without its files (and the editable install hides that)."""
     text = (ROOT / "pyproject.toml").read_text()
-    packages = {m.rsplit(".", 1)[0] for m in source_modules() if not m.endswith("__init__")}
-    packages |= {
-        m
-        for m in source_modules()
-        if m.count(".") >= 1 and (ROOT / m.split(".", 1)[1].replace(".", "/") / "__init__.py").exists()
-    }
-    for pkg in sorted(packages - {"attnlab"}):
-        assert f'"{pkg}"' in text, f"{pkg} is not in pyproject.toml [tool.setuptools] packages"
+    for folder in FOLDERS:
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            if parts:
+                pkg, where = ".".join(["attnlab", folder, *parts]), "/".join([folder, *parts])
+                assert f'"{pkg}",' in text and f'"{pkg}" = "{where}"' in text, (
+                    f"{pkg} is not in pyproject.toml"
+                )
 
 
 def build_wheel(source: Path, out_dir: Path) -> Path:

