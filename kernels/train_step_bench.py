@@ -113,8 +113,9 @@ def _row(name: str, times: list[float], peer_s: float | None, **extra) -> dict:
 def run(opts: TrainStepOptions, out: Path) -> dict:
     """Time the three rows and write results.json + results.md into `out` -> the results.
 
-    The rows take turns, one step each per round, so a burst of load from another process on a
-    shared machine slows every row alike instead of one row's whole sample."""
+    The rows take turns, one step each per round and each in every position of the round, so a
+    burst of load from another process on a shared machine slows every row alike instead of one
+    row's whole sample."""
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(opts.threads)
     ours, llama = build_models(opts)
@@ -131,8 +132,10 @@ def run(opts: TrainStepOptions, out: Path) -> dict:
         }
         times: dict[str, list[float]] = {name: [] for name in rows}
         used: dict[str, dict] = {name: {} for name in rows}
+        names = list(rows)
         for i in range(opts.warmup + opts.repeats):
-            for name, (step, cache, choice) in rows.items():
+            for name in names[i % 3 :] + names[: i % 3]:  # each row goes first, second and third in turn
+                step, cache, choice = rows[name]
                 with contextlib.ExitStack() as stack:
                     if cache is not None:
                         stack.enter_context(private_kernel_cache(cache))
