@@ -181,9 +181,9 @@ def _run(args, title: str, default_suite: str | None, yardstick: bool) -> int:
     print(path.read_text())
     if not args.no_rank:
         print(
-            f"rankings stored in {dispatch.cache_path()}: runs with `kernels: {{default: ranked}}` (or "
-            "--kernels default=ranked) pick their backends from them; the default (builtin) order ignores "
-            "them (--no-rank does not store them; ATTNLAB_KERNEL_CACHE moves the file)"
+            f"rankings stored in {dispatch.cache_path()}: runs whose kernel choice says `default: ranked` "
+            "pick their backends from them; the default (builtin) order ignores them (--no-rank does not "
+            "store them; ATTNLAB_KERNEL_CACHE moves the file)"
         )
     for line in summary["failed"]:
         print(f"FAILED {line}", file=sys.stderr)

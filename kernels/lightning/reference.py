@@ -17,12 +17,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
+from ..tensors import compute_dtype
 
 
 def _start_state(initial_state, b, h, dk, dv, dtype, device) -> torch.Tensor:
@@ -42,7 +37,7 @@ def lightning_recurrent(
     """Token-by-token reference (and the decode path): one state update per token."""
     b, t, h, dk = q.shape
     dv = v.shape[-1]
-    dtype, out_dtype = _compute_dtype(q, k, v), v.dtype
+    dtype, out_dtype = compute_dtype(q, k, v), v.dtype
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     decay = torch.exp(-slope.to(dtype))[None, :, None, None]  # [1, H, 1, 1]
     state = _start_state(initial_state, b, h, dk, dv, dtype, q.device)  # [B, H, K, V]
@@ -92,7 +87,7 @@ def lightning_chunked(
     assert block_size > 0
     b, t, h, dk = q.shape
     dv = v.shape[-1]
-    dtype = _compute_dtype(q, k, v)
+    dtype = compute_dtype(q, k, v)
     # [B, H, T, D]: per-head matmuls over the time axis.
     q_, k_, v_ = (x.to(dtype).transpose(1, 2) for x in (q, k, v))
     slope = slope.to(dtype=dtype, device=q.device)
@@ -122,7 +117,7 @@ def lightning_implied_map(q: torch.Tensor, k: torch.Tensor, slope: torch.Tensor)
     large negative weight (strong anti-retrieval) is invisible to that argmax.
     """
     t = q.shape[1]
-    dtype = _compute_dtype(q, k)
+    dtype = compute_dtype(q, k)
     slope = slope.to(dtype=dtype, device=q.device)
     scores = torch.einsum("bihd,bjhd->bhij", q.to(dtype), k.to(dtype))  # [B, H, T, T]
     _, _, intra, _ = _block_decays(slope, t)  # [H, T, T]: the whole sequence as one block
