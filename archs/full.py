@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..kernels import swa_prefill
-from ..kernels.softmax_attention import attention_probs
+from ..kernels import attention_probs, swa_prefill
 from .families import register_mixer
 from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm

@@ -2,7 +2,7 @@
 HF `MiniMaxLightningAttention`).
 
     q, k, v = SiLU(qkv_proj(x))                 per head [q | k | v], no 1/sqrt(D) scale
-    o       = linear attention with per-head decay exp(-s_h)   (kernels/lightning_attention.py)
+    o       = linear attention with per-head decay exp(-s_h)   (kernels/lightning/reference.py)
     y       = o_proj(sigmoid(output_gate(x)) * RMSNorm_{H*D}(o))
 
 Parameter names and shapes equal HF's, except HF's `out_proj` is our `o_proj` (the base class
@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..common import check_positive, check_positive_int
-from ..kernels import lightning_prefill, stored_state_bytes
-from ..kernels.lightning_attention import lightning_implied_map
+from ..kernels import lightning_implied_map, lightning_prefill, stored_state_bytes
 from .families import register_mixer
 from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm
@@ -126,7 +125,7 @@ class LightningAttention(Mixer):
         h, d = self.num_heads, self.head_dim
         if state_dtype != "fp32":  # the serving engine's storage (docs/state_precision.md)
             return stored_state_bytes(h, d, d, state_dtype, state_scales)
-        # fp32 whatever the model dtype (float64 models keep float64): see kernels/lightning_attention.py.
+        # fp32 whatever the model dtype (float64 models keep float64): see kernels/lightning/reference.py.
         return h * d * d * max(4, dtype_bytes(dtype))
 
     def attention_map(self, x, positions=None):

@@ -93,7 +93,7 @@ class Mixer(nn.Module):
     ) -> int:
         """Exact bytes this layer's cache holds for ONE sequence after `seq_len` tokens. `dtype` is
         the K/V (latent) dtype; `state_dtype`/`state_scales` the storage of a recurrent state
-        ("fp32", "bf16", "fp16", "int8" with "row" or "block" scales; kernels/state_ops.py)."""
+        ("fp32", "bf16", "fp16", "int8" with "row" or "block" scales; kernels/state/ops.py)."""
         raise NotImplementedError
 
     def attention_map(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:

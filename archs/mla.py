@@ -39,8 +39,7 @@ import torch
 from torch import nn
 
 from ..common import check_bool, check_positive, check_positive_int
-from ..kernels import mla_decode, swa_prefill
-from ..kernels.softmax_attention import attention_probs
+from ..kernels import attention_probs, mla_decode, swa_prefill
 from .families import register_mixer
 from .mixer import Mixer, dtype_bytes
 from .norms import RMSNorm

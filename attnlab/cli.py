@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "serve": (("attnlab.serve.cli",), "OpenAI-compatible HTTP server (completions, chat, metrics)"),
     "bench": (
         ("attnlab.kernels.cli", "attnlab.serve.cli"),
-        "benchmarks (kernels, serve, crossover, state-precision)",
+        "benchmarks (kernels, train-step, serve, crossover, state-precision)",
     ),
     "kernels": (("attnlab.kernels.cli",), "kernel harness: op definitions and backends"),
     "demo": (("attnlab.serve.demo",), "build one model of each mixer family, generate with its cache"),

@@ -1,5 +1,11 @@
 """Attention ops: definitions with plain-torch references, backends, dispatch (README: `attnlab kernels check`).
 
+One sub-package per op family (lightning/, attention/, paged/, mla/, state/): `ops.py` holds the
+definitions and the `torch` reference, `<backend>.py` one backend (the file name is the backend
+name: torch_chunk, sdpa, triton, fla, c), `*_kernels.py` raw @triton.jit code. The shared
+machinery (definition, registry, dispatch, harness, workloads, report, cli) sits here. Code
+outside kernels/ imports the names below only, never a kernels submodule.
+
 Call an op like a function; dispatch picks the backend (`backend="name"` overrides):
 
     o, final = lightning_prefill(q, k, v, slope, initial_state, output_final_state=True)
@@ -9,32 +15,10 @@ Call an op like a function; dispatch picks the backend (`backend="name"` overrid
 # do not import everything.
 from __future__ import annotations
 
-import importlib
-
-__all__ = [
-    "KernelChoice",
-    "add_kernels_option",
-    "backends_used",
-    "current_choice",
-    "describe_kernels",
-    "kernel_choice",
-    "kernel_choice_arg",
-    "kernel_record",
-    "parse_kernel_choice",
-    "use_kernels",
-    "lightning_decode",
-    "lightning_prefill",
-    "mla_decode",
-    "paged_attn_decode",
-    "paged_attn_prefill",
-    "state_group",
-    "state_load",
-    "state_store",
-    "stored_state_bytes",
-    "swa_prefill",
-]
+from ..common import lazy_exports
 
 _LAZY = {
+    # the kernel choice (dispatch)
     "KernelChoice": "dispatch",
     "add_kernels_option": "cli_options",
     "backends_used": "dispatch",
@@ -45,22 +29,31 @@ _LAZY = {
     "kernel_record": "dispatch",
     "parse_kernel_choice": "dispatch",
     "use_kernels": "dispatch",
-    "paged_attn_decode": "attention_ops",
-    "swa_prefill": "attention_ops",
-    "lightning_decode": "lightning_ops",
-    "lightning_prefill": "lightning_ops",
-    "mla_decode": "mla_ops",
-    "paged_attn_prefill": "paged_ops",
-    "state_group": "state_ops",
-    "state_load": "state_ops",
-    "state_store": "state_ops",
-    "stored_state_bytes": "state_ops",
+    # the ops; each call goes through dispatch to a backend
+    "lightning_decode": "lightning.ops",
+    "lightning_prefill": "lightning.ops",
+    "swa_prefill": "attention.ops",
+    "paged_attn_decode": "paged.ops",
+    "paged_attn_prefill": "paged.ops",
+    "mla_decode": "mla.ops",
+    "state_group": "state.ops",
+    "state_load": "state.ops",
+    "state_store": "state.ops",
+    "stored_state_bytes": "state.ops",
+    # plain-torch math the mixers and probes share with the references (attention maps, parity)
+    "attention_probs": "attention.reference",
+    "causal_window_mask": "attention.reference",
+    "lightning_chunked": "lightning.reference",
+    "lightning_implied_map": "lightning.reference",
+    "lightning_recurrent": "lightning.reference",
+    # the stored-state formats the serving engine validates and sizes
+    "ROUNDINGS": "state.ops",
+    "SCALE_GROUPS": "state.ops",
+    "STORAGE_DTYPES": "state.ops",
+    "scale_shape": "state.ops",
+    # benchmark plumbing the other `attnlab bench` subcommands share
+    "command_group": "cli",
+    "keep_freed_memory": "harness",
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = sorted(_LAZY)
+__getattr__ = lazy_exports(__name__, _LAZY)

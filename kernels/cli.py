@@ -1,10 +1,12 @@
-"""`attnlab kernels check` and `attnlab bench kernels`: the kernel harness on the command line.
+"""`attnlab kernels check`, `attnlab bench kernels` and `attnlab bench train-step` on the command line.
 
 Both run every backend of every op on a suite of workloads (configs/kernels.yaml), check each
 against the reference (outputs and gradients), time the ones that pass, write traces + a markdown
-table into a run directory, and store the ranking of passed backends for dispatch on this device.
+table into a run directory, and store the ranking of passed backends on this device (followed by
+dispatch only under `default: ranked`).
 `check` defaults to the small `check` suite (correctness on odd lengths, packs, fp32 and bf16);
 `bench` to the device's benchmark suite (`cpu` or `gpu`) and adds the torch.bmm yardstick.
+`bench train-step` times a whole training step against HF Llama (train_step_bench.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from . import dispatch, harness, registry, report
+from . import dispatch, environment, harness, registry, report
 from .definition import Trace
 from .workloads import read_config, suite_workloads
 
@@ -77,6 +79,51 @@ def register(sub) -> None:
     bk = bench.add_parser("kernels", help="benchmark every backend of every op (traces + markdown)")
     _add_common(bk, "runs/bench-kernels", default_reps=5)
     bk.set_defaults(func=cmd_bench)
+    _add_train_step(bench)
+
+
+def _add_train_step(bench) -> None:
+    from attnlab.common import positive_int
+
+    from .train_step_bench import TrainStepOptions
+
+    d = TrainStepOptions()
+    p = bench.add_parser(
+        "train-step", help="attnlab's full-attention training step vs HF Llama, builtin and ranked kernels"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/bench-train-step"), help="results.json + results.md"
+    )
+    for flag, help in (("batch", "sequences per step"), ("length", "tokens per sequence"),
+                       ("hidden", "hidden size"), ("layers", "full-attention layers"),
+                       ("heads", "attention heads"), ("vocab", "vocabulary size"),
+                       ("threads", "torch CPU threads"), ("warmup", "untimed steps first"),
+                       ("repeats", "timed steps (median)"), ("rank-reps", "timed reps per backend when ranking")):  # fmt: skip
+        name = flag.replace("-", "_")
+        p.add_argument(
+            f"--{flag}",
+            type=positive_int,
+            default=getattr(d, name),
+            help=f"{help} (default {getattr(d, name)})",
+        )
+    p.set_defaults(func=cmd_train_step)
+
+
+def cmd_train_step(args) -> int:
+    from dataclasses import fields
+
+    from .train_step_bench import TrainStepOptions, run
+
+    opts = TrainStepOptions(
+        **{f.name: getattr(args, f.name) for f in fields(TrainStepOptions) if f.name != "seed"}
+    )
+    if opts.hidden % opts.heads:
+        print(f"attnlab bench train-step: error: --hidden {opts.hidden} is not a multiple of --heads {opts.heads}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    results = run(opts, args.out)
+    print((args.out / "results.md").read_text())
+    return 0 if results["rows"] else 1
 
 
 def cmd_check(args) -> int:
@@ -115,7 +162,7 @@ def _run(args, title: str, default_suite: str | None, yardstick: bool) -> int:
         return 2
     Path(args.out).mkdir(parents=True, exist_ok=True)  # an output folder that cannot be written fails first
     count = sum(len(v) for v in workloads.values())
-    print(f"{title}: suite {suite!r}, {count} workloads on {dispatch.device_name(device.type)} "
+    print(f"{title}: suite {suite!r}, {count} workloads on {environment.device_name(device.type)} "
           f"({torch.get_num_threads()} threads{', freed memory kept in the heap' if tuned else ''}) -> {args.out}",
           flush=True)  # fmt: skip
     traces = harness.run(workloads, device, args.backends, args.reps, args.seed, progress=_progress)
@@ -127,15 +174,16 @@ def _run(args, title: str, default_suite: str | None, yardstick: bool) -> int:
                 if names:
                     dispatch.write_ranking(device.type, op, mode, names, {"suite": suite})
     failed = [t for t in traces if t.evaluation["status"] in harness.FAILED]
-    summary = {"suite": suite, "device": dispatch.device_key(device.type), "malloc_keeps_freed_memory": tuned,
+    summary = {"suite": suite, "device": environment.device_key(device.type), "malloc_keeps_freed_memory": tuned,
                "rankings": ranks,
                "failed": [f"{t.definition} {t.workload['label']} {t.solution}: {t.evaluation['status']}" for t in failed]}  # fmt: skip
     path = report.write_run(Path(args.out), f"{title} (suite {suite})", traces, summary, bmm_rows)
     print(path.read_text())
     if not args.no_rank:
         print(
-            f"rankings stored for dispatch in {dispatch.cache_path()}: every later run on this machine picks "
-            "its backends from them (--no-rank does not store them; ATTNLAB_KERNEL_CACHE moves the file)"
+            f"rankings stored in {dispatch.cache_path()}: runs whose kernel choice says `default: ranked` "
+            "pick their backends from them; the default (builtin) order ignores them (--no-rank does not "
+            "store them; ATTNLAB_KERNEL_CACHE moves the file)"
         )
     for line in summary["failed"]:
         print(f"FAILED {line}", file=sys.stderr)

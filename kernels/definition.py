@@ -1,4 +1,4 @@
-"""The harness data model, in FlashInfer-Bench's terms (REFERENCES.md "Serving").
+"""The harness data model, in FlashInfer-Bench's terms (flashinfer-ai/flashinfer-bench, its trace format).
 
     Definition  what an op computes: name, op_type, axes (const | var), inputs, outputs, reference
     Workload    one concrete call: values of the var axes and how each input is made

@@ -9,11 +9,12 @@ Order of choice:
    kernels`) stored for this device — the backends that passed the correctness check on every
    workload, fastest first (one ranking for forward-only calls, one for calls that need
    gradients). The first that can take the call runs.
-4. Otherwise (the default, `default: builtin`): the op's DEFAULT_ORDER, then `torch_chunk`, else
-   the `torch` reference. The built-in order depends only on the call (device type, dtype,
-   gradients, `supports`), never on what was benchmarked on this machine before, so two runs of
-   one config pick the same kernels; the map used is written into each run's outputs
-   (`backends_used`).
+4. Otherwise (the default, `default: builtin`): the op's DEFAULT_ORDER for the device class (the
+   fastest backend known to be correct there, e.g. SDPA for full-span softmax attention),
+   then `torch_chunk`, else the `torch` reference. The built-in order depends only on the call
+   (device type, dtype, gradients, window, `supports`), never on what was benchmarked on this
+   machine before, so two runs of one config pick the same kernels; the map used is written into
+   each run's outputs (`backends_used`).
 
 Rankings live in one JSON file (`ATTNLAB_KERNEL_CACHE`, default ~/.cache/attnlab/kernels.json),
 keyed by device and library versions: a new driver, torch, triton or fla version starts clean.
@@ -26,62 +27,75 @@ import contextlib
 import functools
 import json
 import os
-import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from . import registry
+from .environment import device_key
 from .registry import Solution
 
 FALLBACK = ("torch_chunk", "torch")
-# Tried before FALLBACK when this device has no ranking for the op.
-DEFAULT_ORDER = {
-    "paged_attn_decode": ("c", "sdpa"),
-    "paged_attn_prefill": ("sdpa",),
-    "state_store": ("c",),
-    "state_load": ("c",),
+
+
+def sdpa_full_span(call: dict, needs_grad: bool) -> bool:
+    """Every query may see every earlier key (no window, or one that covers all keys): one fused
+    SDPA call. A narrower window costs SDPA a masked square per query block."""
+    window = call.get("window")
+    return window is None or window >= call["k"].shape[1]
+
+
+def sdpa_fastest_on_cpu(call: dict, needs_grad: bool) -> bool:
+    """SDPA wins on the CPU for a full span, except bf16/fp16 with gradients (its half-precision
+    backward is slow there)."""
+    half = call["q"].dtype in (torch.bfloat16, torch.float16)
+    return sdpa_full_span(call, needs_grad) and not (half and needs_grad)
+
+
+# The built-in choice: (op, device type) -> the backends tried before FALLBACK, fastest known-correct
+# first. An entry is a backend name, or (name, when): the backend is preferred only for calls where
+# `when(call, needs_grad)` holds (it may be *able* to take more; `supports` says that, `when` says
+# where it is the fastest). A candidate that cannot take a call (a backward call to a forward-only
+# kernel, bf16 to an fp32 kernel, a GPU kernel on the CPU) is skipped by `unusable_reason` /
+# `supports` as always, so one order serves forward-only calls and calls that need gradients.
+DEFAULT_ORDER: dict[tuple[str, str], tuple[str | tuple[str, Callable[[dict, bool], bool]], ...]] = {
+    # CPU, measured here (2 threads, median of 5; kernels/BENCH_RESULTS.md "Built-in kernel order"),
+    # torch_chunk time / SDPA time, forward | forward+backward:
+    #   train-step shape B8 T512 H4 D64 fp32, full causal  3.13x | 6.03x  -> sdpa
+    #   B1 T2048 H16/2 D64 fp32, full causal               3.08x | 2.83x  -> sdpa
+    #   the same with sinks                                1.34x | 1.83x  -> sdpa
+    #   the same, bf16                                     6.53x | 0.58x  -> sdpa forward only
+    #   window 128 (no sinks | sinks)            0.30x | 0.91x, 0.42x | 0.53x -> torch_chunk
+    ("swa_prefill", "cpu"): (("sdpa", sdpa_fastest_on_cpu),),
+    # The paged ops and the state codecs keep the serving engine's order (docs/serving.md "Kernels",
+    # docs/state_precision.md): the C kernels where they take the call (fp32, forward), then SDPA.
+    ("paged_attn_decode", "cpu"): ("c", "sdpa"),
+    ("paged_attn_prefill", "cpu"): ("sdpa",),
+    ("state_store", "cpu"): ("c",),
+    ("state_load", "cpu"): ("c",),
+    # lightning_* on CPU: torch_chunk (FALLBACK) is the only fast backend here (fla and triton need
+    # a GPU). mla_decode on CPU: torch_chunk (FALLBACK); SDPA is 31x slower at B4 S4096 H16 R512.
+    #
+    # CUDA: unmeasured here (no GPU on the machine that wrote this). Chosen from what the test suite
+    # checks: SDPA (flash / memory-efficient attention) for softmax attention over the full span;
+    # the Triton kernels, which pass their tests under TRITON_INTERPRET=1 (tests/test_kernels_triton.py),
+    # for lightning, windowed SWA (forward only), paged decode and the state codecs. fla's kernels
+    # are not checked without a GPU, so they run only when pinned or ranked.
+    ("swa_prefill", "cuda"): (("sdpa", sdpa_full_span), "triton"),
+    ("paged_attn_decode", "cuda"): ("triton", "sdpa"),
+    ("paged_attn_prefill", "cuda"): ("sdpa",),
+    ("lightning_prefill", "cuda"): ("triton",),
+    ("lightning_decode", "cuda"): ("triton",),
+    ("state_store", "cuda"): ("triton",),
+    ("state_load", "cuda"): ("triton",),
 }
 MODES = ("fwd", "fwd+bwd")
 
 
 def cache_path() -> Path:
     return Path(os.environ.get("ATTNLAB_KERNEL_CACHE", Path.home() / ".cache" / "attnlab" / "kernels.json"))
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "none"
-
-
-@functools.cache
-def device_name(device_type: str) -> str:
-    if device_type == "cuda":
-        major, minor = torch.cuda.get_device_capability()
-        return f"cuda:{torch.cuda.get_device_name()} sm{major}{minor}"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{device_type}:{model}"
-
-
-@functools.cache
-def device_key(device_type: str) -> str:
-    """Device plus every library version that changes which kernel is correct or fastest."""
-    versions = " ".join(
-        f"{d}={_version(d)}" for d in ("torch", "triton", "flash-linear-attention", "attnlab")
-    )
-    return f"{device_name(device_type)} | {versions}"
 
 
 def read_cache() -> dict:
@@ -254,13 +268,23 @@ def select(op: str, inputs: dict, backend: str | None = None) -> Solution:
         return _record(sol)
     mode = "fwd+bwd" if needs_grad else "fwd"
     ranking = stored_ranking(device.type, op, mode) if _choice.ranked else ()
-    for name in (*(ranking or DEFAULT_ORDER.get(op, ())), *FALLBACK):
+    for name in (*(ranking or builtin_order(op, device.type, inputs, needs_grad)), *FALLBACK):
         sol = sols.get(name)
         if sol is None or sol.peer:
             continue
         if sol.unusable_reason(device, dtype, needs_grad) is None and sol.supports(inputs) is None:
             return _record(sol)
     raise AssertionError(f"{op}: even the torch reference cannot run this call")  # torch takes every call
+
+
+def builtin_order(op: str, device_type: str, call: dict, needs_grad: bool) -> tuple[str, ...]:
+    """The DEFAULT_ORDER candidates of `op` on `device_type` that are preferred for `call`."""
+    names = []
+    for entry in DEFAULT_ORDER.get((op, device_type), ()):
+        name, when = (entry, None) if isinstance(entry, str) else entry
+        if when is None or when(call, needs_grad):
+            names.append(name)
+    return tuple(names)
 
 
 def _record(sol: Solution) -> Solution:

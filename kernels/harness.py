@@ -21,7 +21,7 @@ import torch
 
 from . import registry
 from .definition import Definition, Trace, Workload
-from .dispatch import _version, device_name
+from .environment import device_name, library_version
 from .registry import Solution
 from .tensors import relative_rmse
 
@@ -35,7 +35,7 @@ def environment(device: torch.device) -> dict:
     return {
         "hardware": device_name(device.type),
         "threads": torch.get_num_threads(),
-        "libs": {d: _version(d) for d in ("torch", "triton", "flash-linear-attention")},
+        "libs": {d: library_version(d) for d in ("torch", "triton", "flash-linear-attention")},
     }
 
 
@@ -215,7 +215,7 @@ def _declared_dtype(text: str, inputs: dict) -> torch.dtype:
     if text.endswith(".dtype"):
         return inputs[text.removesuffix(".dtype")].dtype
     if text == "storage":  # state_store: the storage dtype named by its `dtype` input
-        from .state_ops import STORAGE_DTYPES
+        from .state.ops import STORAGE_DTYPES
 
         return STORAGE_DTYPES[inputs["dtype"]]
     first = next(v for v in inputs.values() if isinstance(v, torch.Tensor) and v.is_floating_point())

@@ -1,39 +1,41 @@
-"""Op definitions and the solutions (backends) registered against them.
+"""Op definitions and the solutions (backends) registered against them, through the project's one
+registration idiom (`attnlab.common.Registry`).
 
-A new op is one module that calls `register_definition` (with its torch reference registered as
-the `torch` solution); a new backend is one module that calls `register_solution` per op it
-implements, plus one line in BACKEND_MODULES. Modules load on first use, so importing
-`attnlab.kernels` stays cheap and a backend whose library is missing still loads (it reports
-itself unavailable instead of failing the import).
+Each op family is one sub-package, `kernels/<family>/`: `ops.py` registers the family's
+definitions (with the torch reference as the `torch` solution), and each `<backend>.py` registers
+the solutions of backend `<backend>` (the file name is the backend name). A new op = a definition
+in its family's ops.py; a new backend = one module plus one word in FAMILIES. Modules load on
+first lookup, so importing `attnlab.kernels` stays cheap and a backend whose library is missing
+still loads (it reports itself unavailable instead of failing the import).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from ..common import Registry
 from .definition import Definition
 
-OP_MODULES = ["lightning_ops", "attention_ops", "mla_ops", "paged_ops", "state_ops"]
-BACKEND_MODULES = [
-    "lightning_chunk",
-    "attention_chunk",
-    "sdpa_backend",
-    "fla_backend",
-    "triton_lightning",
-    "triton_attention",
-    "c_backend",
-    "c_state",
-    "triton_state",
-]
+# family -> its backend modules, in the order their solutions are listed (after the `torch` reference).
+FAMILIES = {
+    "lightning": ("torch_chunk", "fla", "triton"),
+    "attention": ("torch_chunk", "sdpa", "triton"),
+    "paged": ("torch_chunk", "sdpa", "triton", "c"),
+    "mla": ("torch_chunk", "sdpa"),
+    "state": ("c", "triton"),
+}
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_OPS_MODULES = [f"{__package__}.{family}.ops" for family in FAMILIES]
 
-DEFINITIONS: dict[str, Definition] = {}
-SOLUTIONS: dict[str, dict[str, Solution]] = {}  # op -> backend name -> solution
-_loaded = False
+DEFINITIONS: Registry[Definition] = Registry("kernel op", modules=_OPS_MODULES)
+# (op, backend) -> Solution. The ops modules come first: they register the `torch` references.
+SOLUTIONS: Registry[Solution] = Registry(
+    "kernel solution",
+    modules=_OPS_MODULES + [f"{__package__}.{f}.{b}" for f, backends in FAMILIES.items() for b in backends],
+)
 
 
 def _always(*_args) -> None:
@@ -81,10 +83,7 @@ class Solution:
 
 
 def register_definition(defn: Definition) -> Definition:
-    assert defn.name not in DEFINITIONS, f"definition {defn.name} registered twice"
-    DEFINITIONS[defn.name] = defn
-    SOLUTIONS.setdefault(defn.name, {})
-    return defn
+    return DEFINITIONS.register(defn.name, defn)
 
 
 def register_solution(op: str, name: str, fn: Callable, *, language: str, target_hardware: list[str], **kw):
@@ -96,39 +95,34 @@ def register_solution(op: str, name: str, fn: Callable, *, language: str, target
         "entry_point": f"{fn.__module__}:{fn.__qualname__}",
         "dependencies": deps,
     }
-    solutions = SOLUTIONS.setdefault(op, {})
-    assert name not in solutions, f"backend {name} registered twice for {op}"
-    solutions[name] = Solution(name=name, definition=op, fn=fn, spec=spec, **kw)
+    SOLUTIONS.register((op, name), Solution(name=name, definition=op, fn=fn, spec=spec, **kw))
     return fn
 
 
 def load() -> None:
     """Import every op and backend module once (each registers itself)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for name in OP_MODULES + BACKEND_MODULES:
-        importlib.import_module(f"{__package__}.{name}")
+    DEFINITIONS.load()
+    SOLUTIONS.load()
 
 
 def definition(op: str) -> Definition:
     load()
     if op not in DEFINITIONS:
-        raise ValueError(f"op {op!r} is unknown; allowed: {', '.join(sorted(DEFINITIONS))}")
-    return DEFINITIONS[op]
+        raise ValueError(f"op {op!r} is unknown; allowed: {', '.join(DEFINITIONS.names())}")
+    return DEFINITIONS.get(op)
 
 
 def solutions(op: str) -> dict[str, Solution]:
+    """backend name -> solution of `op`, the `torch` reference first (a new dict on every call)."""
     definition(op)
-    return SOLUTIONS[op]
+    return {name: sol for (of, name), sol in SOLUTIONS.items() if of == op}
 
 
 def op_names() -> list[str]:
     load()
-    return list(DEFINITIONS)
+    return DEFINITIONS.names()
 
 
 def backend_names() -> list[str]:
     load()
-    return sorted({name for sols in SOLUTIONS.values() for name in sols})
+    return sorted({name for _, name in SOLUTIONS.names()})

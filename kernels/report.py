@@ -17,7 +17,7 @@ import torch
 from . import registry
 from .definition import Trace
 from .harness import FAILED, time_ms
-from .lightning_chunk import DEFAULT_CHUNK, matmul_shapes
+from .lightning.torch_chunk import DEFAULT_CHUNK, matmul_shapes
 
 PEERS = ("fla", "fla_naive", "sdpa")
 

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..archs import CompositeSpec, KVSpec, LatentSpec, RecurrentSpec
-from ..kernels import state_group, stored_state_bytes
-from ..kernels.state_ops import STORAGE_DTYPES, scale_shape
+from ..kernels import STORAGE_DTYPES, scale_shape, state_group, stored_state_bytes
 from .config import EngineConfig, parse_memory
 
 PAGED, SLOTS = "paged", "slots"
@@ -76,7 +75,7 @@ class BlockPool:
 @dataclass
 class StateSlots:
     """One recurrent layer's slots: values [S, H, K, V] in the storage dtype, and for int8 the fp32
-    scales [S, H, K/gk, V/gv] of `group` (kernels/state_ops.py). `seed` is the layer's stream of
+    scales [S, H, K/gk, V/gv] of `group` (kernels/state/ops.py). `seed` is the layer's stream of
     stochastic-rounding seeds (its index among the recurrent layers)."""
 
     values: torch.Tensor

@@ -29,7 +29,7 @@ def register(sub) -> None:
     from attnlab.common import positive_int
     from attnlab.kernels import add_kernels_option
 
-    from ..kernels.cli import command_group
+    from ..kernels import command_group
     from .bench import FAMILIES
 
     bench = command_group(sub, "bench", "benchmarks")
@@ -305,7 +305,7 @@ def cmd_serve(args) -> int:
 def cmd_bench_serve(args) -> int:
     import torch
 
-    from ..kernels.harness import keep_freed_memory
+    from ..kernels import keep_freed_memory
     from .bench import BenchOptions, run
 
     if args.poisson_rate <= 0:

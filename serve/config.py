@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..common import check_choice, check_positive_int
-from ..kernels.state_ops import ROUNDINGS, SCALE_GROUPS, STORAGE_DTYPES
+from ..kernels import ROUNDINGS, SCALE_GROUPS, STORAGE_DTYPES
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 

@@ -41,7 +41,7 @@ def test_window_of_one_returns_own_value_scaled_by_the_sink(backend):
 
 @pytest.mark.parametrize("backend", backends("swa_prefill"))
 def test_sinks_equal_the_post_hoc_form(backend):
-    # REFERENCES.md: softmax over keys + sink == (softmax over keys) * sigmoid(lse - sink).
+    # GPT-OSS sinks: softmax over keys + sink == (softmax over keys) * sigmoid(lse - sink).
     q, k, v, sinks = (
         rand(1, 20, 2, 8, seed=5),
         rand(1, 20, 2, 8, seed=6),
@@ -135,8 +135,8 @@ def test_bad_inputs_are_named(call, message):
 def test_sdpa_swa_prefill_in_query_blocks_equals_the_reference(tq, tk, window, sinks):
     """Past max(window, 256) queries the sdpa backend reads only each block's window of keys; the
     result must equal the masked full-square reference (forward and gradients)."""
-    from attnlab.kernels.attention_ops import swa_reference
-    from attnlab.kernels.sdpa_backend import swa_prefill_sdpa
+    from attnlab.kernels.attention.ops import swa_reference
+    from attnlab.kernels.attention.sdpa import swa_prefill_sdpa
 
     gen = torch.Generator().manual_seed(0)
     q = torch.randn(2, tq, 4, 16, generator=gen, requires_grad=True)

@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnlab.kernels import lightning_prefill, registry
-from attnlab.kernels.lightning_attention import lightning_recurrent
-from attnlab.kernels.lightning_chunk import LightningChunkFunction
+from attnlab.kernels import lightning_prefill, lightning_recurrent, registry
+from attnlab.kernels.lightning.torch_chunk import LightningChunkFunction
 from attnlab.kernels.tensors import relative_rmse
 
 SLOPE = torch.tensor([0.9, 0.1, 0.0])  # fast, slow, and no decay at all

@@ -12,8 +12,9 @@ import math
 import pytest
 import torch
 
-from attnlab.kernels import c_backend, dispatch, paged_attn_decode, paged_attn_prefill, registry, swa_prefill
-from attnlab.kernels.paged_cache import first_key
+from attnlab.kernels import c_build, dispatch, paged_attn_decode, paged_attn_prefill, registry, swa_prefill
+from attnlab.kernels.paged import c as paged_c
+from attnlab.kernels.paged.cache import first_key
 
 CPU = torch.device("cpu")
 
@@ -278,34 +279,36 @@ def test_dispatch_without_a_ranking_runs_sdpa_for_prefill(private_cache):
     assert dispatch.select("paged_attn_prefill", call).name == "sdpa"
 
 
-def test_a_stored_ranking_overrides_the_default_order(private_cache):
+def test_a_stored_ranking_overrides_the_default_order_only_when_ranked(private_cache):
     dispatch.write_ranking("cpu", "paged_attn_decode", "fwd", ["torch_chunk", "c"], {})
-    assert dispatch.select("paged_attn_decode", decode_call()).name == "torch_chunk"
+    assert dispatch.select("paged_attn_decode", decode_call()).name == "c"  # default: builtin
+    with dispatch.kernel_choice(dispatch.parse_kernel_choice("default=ranked")):
+        assert dispatch.select("paged_attn_decode", decode_call()).name == "torch_chunk"
 
 
 # --- the C backend --------------------------------------------------------------------------------
 
 
 def test_c_build_is_cached_by_content_and_leaves_no_temporary_files(tmp_path):
-    path = c_backend.build(tmp_path)
+    path = c_build.build(tmp_path, paged_c.SOURCE)
     assert path.parent == tmp_path and path.name.startswith("paged_attention-") and path.suffix == ".so"
     stamp = path.stat().st_mtime_ns
-    assert c_backend.build(tmp_path) == path and path.stat().st_mtime_ns == stamp  # not rebuilt
+    assert c_build.build(tmp_path, paged_c.SOURCE) == path and path.stat().st_mtime_ns == stamp  # not rebuilt
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_c_without_a_compiler_is_unavailable_with_the_reason(tmp_path, monkeypatch):
-    monkeypatch.setattr(c_backend, "COMPILER", "attnlab-no-such-compiler")
+    monkeypatch.setattr(c_build, "COMPILER", "attnlab-no-such-compiler")
     monkeypatch.setenv("ATTNLAB_KERNEL_BUILD_DIR", str(tmp_path))
-    c_backend.library.cache_clear()
+    paged_c.library.cache_clear()
     try:
-        reason = c_backend.available(CPU)
+        reason = paged_c.available(CPU)
         assert "no C compiler" in reason and "attnlab-no-such-compiler" in reason
         with pytest.raises(RuntimeError, match="cannot run paged_attn_decode on cpu here.*no C compiler"):
             paged_attn_decode(**decode_call(), backend="c")
     finally:
-        c_backend.library.cache_clear()
-    assert c_backend.available(torch.device("meta")) == "the C kernel runs on the CPU only"
+        paged_c.library.cache_clear()
+    assert paged_c.available(torch.device("meta")) == "the C kernel runs on the CPU only"
 
 
 @pytest.mark.parametrize(

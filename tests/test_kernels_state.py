@@ -1,4 +1,4 @@
-"""state_store / state_load (kernels/state_ops.py): error bounds per storage dtype, hand-computed
+"""state_store / state_load (kernels/state/ops.py): error bounds per storage dtype, hand-computed
 int8 codes, saturation, unbiased stochastic rounding, and the C backend bit-for-bit against the
 torch reference (the Triton one: tests/triton_interpret_cases.py)."""
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from attnlab.kernels import state_group, state_load, state_store, stored_state_bytes
-from attnlab.kernels.c_state import library
-from attnlab.kernels.state_ops import hash_uniform
+from attnlab.kernels.state.c import library
+from attnlab.kernels.state.ops import hash_uniform
 
 FORMATS = [
     ("bf16", "nearest", None),

@@ -16,7 +16,7 @@ from transformers.models.minimax.modeling_minimax import MiniMaxCache, MiniMaxLi
 from attnlab.archs.config import AttnLabConfig
 from attnlab.archs.families import build_mixer, resolve_spec
 from attnlab.archs.lightning import minimax_slopes
-from attnlab.kernels.lightning_attention import lightning_chunked, lightning_implied_map, lightning_recurrent
+from attnlab.kernels import lightning_chunked, lightning_implied_map, lightning_recurrent
 
 ATOL = 1e-5
 # A spread of decays, including none at all (the last layer of a deep MiniMax stack is ~1e-5).

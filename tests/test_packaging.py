@@ -17,12 +17,30 @@ FOLDERS = ["attnlab", "common", "archs", "kernels", "train", "probes", "evals", 
 
 
 def source_modules() -> list[str]:
+    """Every module of every folder and of its sub-packages (e.g. attnlab.kernels.paged.c)."""
     names = []
     for folder in FOLDERS:
-        for path in sorted((ROOT / folder).glob("*.py")):
-            pkg = "attnlab" if folder == "attnlab" else f"attnlab.{folder}"
-            names.append(pkg if path.stem == "__init__" else f"{pkg}.{path.stem}")
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            if not (path.parent / "__init__.py").exists():
+                continue  # a plain folder (data, fixtures), not a sub-package
+            pkg = ".".join(["attnlab"] + ([] if folder == "attnlab" else [folder]) + list(parts[:-1]))
+            names.append(pkg if parts[-1] == "__init__" else f"{pkg}.{parts[-1]}")
     return names
+
+
+def test_every_sub_package_is_listed_in_pyproject():
+    """setuptools ships only the packages pyproject names: a sub-package missing there installs
+    without its files (and the editable install hides that)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    for folder in FOLDERS:
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            if parts:
+                pkg, where = ".".join(["attnlab", folder, *parts]), "/".join([folder, *parts])
+                assert f'"{pkg}",' in text and f'"{pkg}" = "{where}"' in text, (
+                    f"{pkg} is not in pyproject.toml"
+                )
 
 
 def build_wheel(source: Path, out_dir: Path) -> Path:
@@ -48,7 +66,10 @@ def build_wheel(source: Path, out_dir: Path) -> Path:
 
 def test_wheel_has_only_attnlab_and_the_lm_eval_hook_and_every_module_imports_from_it(tmp_path):
     wheel = build_wheel(ROOT, tmp_path)
-    tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    # the C sources of the `c` backends are package data, compiled at first use
+    assert {"attnlab/kernels/paged/paged_attention.c", "attnlab/kernels/state/state_codec.c"} <= set(names)
     assert {t for t in tops if not t.endswith(".dist-info")} == {"attnlab", *LM_EVAL_HOOK}
 
     site = tmp_path / "site"

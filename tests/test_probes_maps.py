@@ -8,7 +8,7 @@ from probes_helpers import one_thread  # noqa: F401
 from variants import tiny_config
 
 from attnlab import AttnLabForCausalLM
-from attnlab.kernels.lightning_attention import lightning_implied_map
+from attnlab.kernels import lightning_implied_map
 from attnlab.probes import ProbeSettings, ProbeTarget, get_probe, probe_names
 from attnlab.probes.decode import greedy_decode
 

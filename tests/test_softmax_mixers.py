@@ -19,7 +19,7 @@ from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextAttentio
 
 from attnlab.archs.families import build_mixer, resolve_spec
 from attnlab.archs.rope import rope_cos_sin
-from attnlab.kernels.softmax_attention import causal_window_mask
+from attnlab.kernels import causal_window_mask
 
 HIDDEN = 32
 DEFAULTS = {"num_heads": 4, "head_dim": 8, "rope_theta": 10000.0}

@@ -17,8 +17,13 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 
 import torch  # noqa: E402
 
-from attnlab.kernels import lightning_decode, lightning_prefill, paged_attn_decode, swa_prefill  # noqa: E402
-from attnlab.kernels.lightning_attention import lightning_recurrent  # noqa: E402
+from attnlab.kernels import (  # noqa: E402
+    lightning_decode,
+    lightning_prefill,
+    lightning_recurrent,
+    paged_attn_decode,
+    swa_prefill,
+)
 
 SLOPE = torch.tensor([0.9, 0.05])
 

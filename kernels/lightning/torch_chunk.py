@@ -1,7 +1,7 @@
 """`torch_chunk` backend of `lightning_prefill`: the chunked matmul form with a hand-written backward.
 
 Tokens are cut into chunks of C (default 64). Per chunk c, with S_c the state entering it
-(REFERENCES.md, lightning block form; fla's simple-GLA chunk algorithm with a constant decay):
+(MiniMax-01's lightning block form; fla's simple-GLA chunk algorithm with a constant decay):
 
     A_c     = (Q_c K_c^T) ⊙ M                    M_ij = exp(-s (i-j)) for i >= j, else 0
     O_c     = A_c V_c + (Q_c ⊙ qd) S_c            qd_i = exp(-s (i+1))
@@ -31,9 +31,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .lightning_ops import DECODE, PREFILL
-from .registry import register_solution
-from .tensors import compute_dtype
+from ..registry import register_solution
+from ..tensors import compute_dtype
+from .ops import DECODE, PREFILL
 
 DEFAULT_CHUNK = 64  # fastest on the CPU we measured (kernels/BENCH_RESULTS.md); any size is exact
 

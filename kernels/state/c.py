@@ -1,6 +1,6 @@
 """`c` backend of `state_store` / `state_load`: state_codec.c (plain C + OpenMP), CPU only.
 
-Built and loaded the same way as the paged decode kernel (c_backend.py: compiled at first use,
+Built and loaded by `kernels/c_build.py`, like the paged decode kernel (compiled at first use,
 cached per source, compiler and CPU; unavailable with the reason when gcc or the build fails).
 One pass over memory where the torch reference makes several (abs, amax, divide, floor, clamp,
 cast), and bit-for-bit equal to it.
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from . import c_backend
-from .registry import register_solution
-from .state_ops import LOAD, STORAGE_DTYPES, STORE, scale_shape
+from ..c_build import open_library
+from ..registry import register_solution
+from .ops import LOAD, STORAGE_DTYPES, STORE, scale_shape
 
 SOURCE = Path(__file__).with_name("state_codec.c")
 CODES = {"bf16": 1, "fp16": 2, "int8": 3}
@@ -32,7 +32,7 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 @functools.cache
 def library() -> tuple[ctypes.CDLL | None, str | None]:
-    return c_backend.open_library(SOURCE, _declare)
+    return open_library(SOURCE, _declare)
 
 
 def available(device: torch.device) -> str | None:

@@ -7,7 +7,7 @@ j <= i and, with a window W, i - j < W (GPT-OSS / Mistral convention: W keys inc
 Sinks (GPT-OSS): one learned logit per head appended as an extra column; the softmax runs over
 keys + sink and the sink column is dropped, so it absorbs mass and contributes no value.
 
-These are the plain-torch pieces of the `swa_prefill` reference (attention_ops.py) and of the
+These are the plain-torch pieces of the `swa_prefill` reference (ops.py) and of the
 attention maps the probes read; the ops themselves run through dispatch.
 """
 

@@ -1,4 +1,4 @@
-// state_store / state_load for recurrent states (kernels/state_ops.py): fp32 [N, H, K, V] <->
+// state_store / state_load for recurrent states (kernels/state/ops.py): fp32 [N, H, K, V] <->
 // bf16, fp16 or int8 with one fp32 scale per (gk x gv) group. Plain C + OpenMP, one pass over
 // memory; bit-for-bit the torch reference (same hash, same fp32 operations in the same order).
 #include <math.h>

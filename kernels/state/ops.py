@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch
-from .definition import Definition, Workload
-from .registry import register_definition, register_solution
-from .tensors import random_tensor
-from .workloads import HARNESS_DEFAULTS, harness_fields, take
+from .. import dispatch
+from ..definition import Definition, Workload
+from ..registry import register_definition, register_solution
+from ..tensors import random_tensor
+from ..workloads import HARNESS_DEFAULTS, harness_fields, take
 
 STORE, LOAD = "state_store", "state_load"
 STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}

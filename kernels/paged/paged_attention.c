@@ -1,4 +1,4 @@
-/* Paged attention decode, fp32, CPU: the `c` backend of paged_attn_decode (kernels/c_backend.py).
+/* Paged attention decode, fp32, CPU: the `c` backend of paged_attn_decode (kernels/paged/c.py).
  *
  * One work item per (sequence, query head), spread over OpenMP threads. Each item walks its
  * visible keys in place through the block table (no gather copy), one page at a time: the page's

@@ -1,6 +1,6 @@
 """Triton kernels for MiniMax lightning attention (chunked prefill forward/backward, decode step).
 
-Math and symbols as in `lightning_chunk.py`: chunks of BT tokens, qd_i = exp(-s (i+1)),
+Math and symbols as in `torch_chunk.py`: chunks of BT tokens, qd_i = exp(-s (i+1)),
 kd_j = exp(-s (n-1-j)), bd = exp(-s n) for a chunk of n tokens, M_ij = exp(-s (i-j)) for i >= j.
 Tensors are fla's layout, q/k [B, T, H, K], v [B, T, H, V] (contiguous), states [., H, K, V] fp32.
 A packed batch is B = 1 with `cu_seqlens`; `chunk_offsets[n]` is the first global chunk of

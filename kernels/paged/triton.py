@@ -1,38 +1,22 @@
-"""`triton` backend of `swa_prefill` (forward) and `paged_attn_decode` (window, sinks, strided
-caches): launchers around `triton_attention_kernels.py`. Both are forward-only; a call that needs
-gradients is dispatched to a backend with a backward.
+"""`triton` backend of `paged_attn_decode` (window, sinks, strided caches; forward only): the
+launcher around `triton_kernels.py`. A call that needs gradients is dispatched to a backend with a
+backward.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .attention_ops import PAGED, SWA, default_scale
-from .registry import register_solution
-from .triton_lightning import _pow2, triton_unavailable
+from ..attention.ops import default_scale
+from ..registry import register_solution
+from ..triton_support import next_pow2, triton_unavailable
+from .ops import PAGED
 
 MAX_HEAD_DIM = 256
 
 
-def swa_prefill_triton(q, k, v, scale=None, window=None, sinks=None):
-    from . import triton_attention_kernels as kern
-
-    b, tq, h, d = q.shape
-    tk, hkv, dv = k.shape[1], k.shape[2], v.shape[-1]
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    o = q.new_empty(b, tq, h, dv)
-    bm = min(64, _pow2(tq))
-    kern.swa_fwd[(-(-tq // bm), b * h)](
-        q, k, v, q if sinks is None else sinks.contiguous(), o, default_scale(scale, d), tq, tk,
-        0 if window is None else window,
-        H=h, HKV=hkv, D=d, DV=dv, BM=bm, BN=64, BD=_pow2(d), BDV=_pow2(dv),
-        HAS_WINDOW=window is not None, HAS_SINKS=sinks is not None,
-    )  # fmt: skip
-    return o
-
-
 def paged_attn_decode_triton(q, k_cache, v_cache, block_table, seq_lens, scale=None, sinks=None, window=None):
-    from . import triton_attention_kernels as kern
+    from . import triton_kernels as kern
 
     n, h, d = q.shape
     page, hkv, dv = k_cache.shape[1], k_cache.shape[2], v_cache.shape[-1]
@@ -43,15 +27,10 @@ def paged_attn_decode_triton(q, k_cache, v_cache, block_table, seq_lens, scale=N
         q.contiguous(), k_cache, v_cache, block_table.contiguous(), seq_lens.contiguous(),
         q if sinks is None else sinks.contiguous(), o, default_scale(scale, d), block_table.shape[1],
         0 if window is None else window, *k_cache.stride()[:3], *v_cache.stride()[:3],
-        H=h, HKV=hkv, D=d, DV=dv, PAGE=page, G=g, BG=_pow2(g, 1), BD=_pow2(d), BDV=_pow2(dv),
+        H=h, HKV=hkv, D=d, DV=dv, PAGE=page, G=g, BG=next_pow2(g, 1), BD=next_pow2(d), BDV=next_pow2(dv),
         HAS_SINKS=sinks is not None, HAS_WINDOW=window is not None,
     )  # fmt: skip
     return o
-
-
-def _swa_fits(call: dict) -> str | None:
-    d, dv = call["q"].shape[-1], call["v"].shape[-1]
-    return None if max(d, dv) <= MAX_HEAD_DIM else f"head dims {d}, {dv} > {MAX_HEAD_DIM}"
 
 
 def _paged_fits(call: dict) -> str | None:
@@ -72,8 +51,5 @@ _kw = {
     "available": triton_unavailable,
     "dtypes": (torch.float32, torch.bfloat16, torch.float16),
 }
-register_solution(
-    SWA, "triton", swa_prefill_triton, supports=_swa_fits, description="flash fwd, window + sinks", **_kw
-)
 register_solution(PAGED, "triton", paged_attn_decode_triton, supports=_paged_fits,
                   description="one program per (seq, kv head), window", **_kw)  # fmt: skip

@@ -1,6 +1,6 @@
-"""Triton kernels of `state_store` / `state_load` (launchers: triton_state.py).
+"""Triton kernels of `state_store` / `state_load` (launchers: triton.py).
 
-The same arithmetic as the torch reference (kernels/state_ops.py), in the same order, so the
+The same arithmetic as the torch reference (kernels/state/ops.py), in the same order, so the
 results agree bit for bit: the lowbias32 hash in int64 masked to 32 bits, the grid step from the
 fp32 exponent field, floor(x / step + u), int8 scale amax / 127.
 """

@@ -12,12 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .attention_ops import PAGED, SWA, default_scale
-from .mla_ops import MLA
-from .paged_cache import first_keys, gather_pages
-from .paged_ops import PREFILL, prefill_by_sequence
-from .registry import register_solution
-from .softmax_attention import causal_window_mask
+from ..registry import register_solution
+from .ops import SWA, default_scale
+from .reference import causal_window_mask
 
 
 def _with_sink_key(q, k, v, sinks, scale, mask):
@@ -39,7 +36,7 @@ def _with_sink_key(q, k, v, sinks, scale, mask):
     return q, k, v, mask
 
 
-def _sdpa(q, k, v, mask, scale, sinks):
+def sdpa_attention(q, k, v, mask, scale, sinks):
     """q [B, H, Tq, D], k/v [B, Hkv, Tk, D*], bool mask broadcastable to [B, H, Tq, Tk]."""
     h, hkv = q.shape[1], k.shape[1]
     if sinks is not None:
@@ -56,10 +53,17 @@ def swa_prefill_sdpa(q, k, v, scale=None, window=None, sinks=None):
     tq, tk = q.shape[1], k.shape[1]
     scale = default_scale(scale, q.shape[-1])
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H*, T, D*]
+    if sinks is None and tq == tk and (window is None or window >= tk):
+        # The full causal square: SDPA's own causal path (no [T, T] mask to build and read; ~3 %
+        # faster forward+backward at B8 T512 H4 D64 on this CPU). Top-left = bottom-right when Tq = Tk.
+        o = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
+        return o.transpose(1, 2)  # [B, Tq, H, Dv]
     block = tq if window is None else max(window, 256)
     if block >= tq:
         mask = causal_window_mask(tq, tk, tk - tq, 0, window, q.device)  # [Tq, Tk]
-        return _sdpa(q, k, v, mask, scale, sinks).transpose(1, 2)
+        return sdpa_attention(q, k, v, mask, scale, sinks).transpose(1, 2)
     outs = []
     for a in range(0, tq, block):
         b = min(a + block, tq)
@@ -67,56 +71,14 @@ def swa_prefill_sdpa(q, k, v, scale=None, window=None, sinks=None):
         k0 = max(0, q0 - window + 1)  # the first key any query of the block can see
         mask = causal_window_mask(b - a, q0 + (b - a) - k0, q0, k0, window, q.device)
         outs.append(
-            _sdpa(q[:, :, a:b], k[:, :, k0 : q0 + b - a], v[:, :, k0 : q0 + b - a], mask, scale, sinks)
+            sdpa_attention(
+                q[:, :, a:b], k[:, :, k0 : q0 + b - a], v[:, :, k0 : q0 + b - a], mask, scale, sinks
+            )
         )
     return torch.cat(outs, dim=2).transpose(1, 2)  # [B, Tq, H, Dv]
-
-
-def paged_attn_decode_sdpa(q, k_cache, v_cache, block_table, seq_lens, scale=None, sinks=None, window=None):
-    n, page = q.shape[0], k_cache.shape[1]
-    lens = seq_lens.long()
-    lo = first_keys(lens, window)  # [N] first visible key
-    own_lo, own_hi = lo // page, (lens + page - 1) // page  # [N] the logical pages each sequence reads
-    # One rectangle of table columns: from the earliest window start to the longest sequence's end.
-    first, end = int(own_lo.min()), int(own_hi.max())
-    cols = torch.arange(first, end, device=q.device)
-    own = (cols >= own_lo[:, None]) & (cols < own_hi[:, None])  # [N, C]
-    # Entries outside a sequence's own pages may be -1 (freed) or padding: read its first visible
-    # page there instead (written data, masked out below), never another sequence's or a free page.
-    fill = block_table.long().gather(1, own_lo[:, None])  # [N, 1]
-    table = torch.where(own, block_table[:, first:end].long(), fill)  # [N, C]
-    k, v = gather_pages(k_cache, v_cache, table.flatten())  # [N * C, page, Hkv, D*]
-    k = k.reshape(n, -1, *k.shape[2:]).transpose(1, 2)  # [N, Hkv, S, D]
-    v = v.reshape(n, -1, *v.shape[2:]).transpose(1, 2)  # [N, Hkv, S, Dv]
-    pos = first * page + torch.arange(k.shape[2], device=q.device)  # [S]
-    mask = (pos < lens[:, None]) & (pos >= lo[:, None])  # [N, S]
-    o = _sdpa(q[:, :, None], k, v, mask[:, None, None], default_scale(scale, q.shape[-1]), sinks)
-    return o[:, :, 0]  # [N, H, Dv]
-
-
-def paged_attn_prefill_sdpa(
-    q, k_cache, v_cache, block_table, cu_seqlens_q, seq_lens, scale=None, sinks=None, window=None
-):
-    return prefill_by_sequence(
-        swa_prefill_sdpa, q, k_cache, v_cache, block_table, cu_seqlens_q, seq_lens, scale, sinks, window
-    )
-
-
-def mla_decode_sdpa(q_lat, q_pe, c_kv, k_pe, scale):
-    tq, s = q_lat.shape[1], c_kv.shape[1]
-    q = torch.cat([q_lat, q_pe], dim=-1).transpose(1, 2)  # [B, H, Tq, R+Dr]
-    k = torch.cat([c_kv, k_pe], dim=-1)[:, None]  # [B, 1, S, R+Dr]: one shared key head (MQA)
-    mask = causal_window_mask(tq, s, s - tq, 0, None, q.device)
-    o = F.scaled_dot_product_attention(q, k, c_kv[:, None], attn_mask=mask, scale=scale, enable_gqa=True)
-    return o.transpose(1, 2)  # [B, Tq, H, R]
 
 
 _kw = {"language": "pytorch", "target_hardware": ["cpu", "cuda"], "backward": True}
 register_solution(
     SWA, "sdpa", swa_prefill_sdpa, description="F.scaled_dot_product_attention, sink as a key", **_kw
 )
-register_solution(PAGED, "sdpa", paged_attn_decode_sdpa, description="gather pages, then SDPA", **_kw)
-register_solution(
-    PREFILL, "sdpa", paged_attn_prefill_sdpa, description="per-sequence gather, then SDPA", **_kw
-)
-register_solution(MLA, "sdpa", mla_decode_sdpa, description="SDPA with one shared latent key head", **_kw)

@@ -8,7 +8,7 @@ v [B, T, H, V], slope [H] (decay per step exp(-slope)), initial_state [N, H, K, 
 [N, H, K, V] in fp32 (float64 inputs keep float64), output in v's dtype. A packed batch of N
 sequences is B = 1 plus `cu_seqlens` [N + 1] (cumulative lengths, from 0 to T); otherwise N = B.
 
-The references run the token-by-token recurrence (`lightning_attention.lightning_recurrent`),
+The references run the token-by-token recurrence (`reference.lightning_recurrent`),
 one sequence at a time for packs: the plainest statement of the op, with autograd for gradients.
 """
 
@@ -18,12 +18,12 @@ import itertools
 
 import torch
 
-from . import dispatch
-from .definition import Definition, Workload
-from .lightning_attention import lightning_recurrent
-from .registry import register_definition, register_solution
-from .tensors import random_tensor, torch_dtype
-from .workloads import HARNESS_DEFAULTS, dtype_input, harness_fields, short_dtype, take
+from .. import dispatch
+from ..definition import Definition, Workload
+from ..registry import register_definition, register_solution
+from ..tensors import random_tensor, torch_dtype
+from ..workloads import HARNESS_DEFAULTS, dtype_input, harness_fields, short_dtype, take
+from .reference import lightning_recurrent
 
 PREFILL, DECODE = "lightning_prefill", "lightning_decode"
 

@@ -1,4 +1,4 @@
-"""Op `mla_decode`: DeepSeek MLA attention in the absorbed form, over the latent cache (REFERENCES.md).
+"""Op `mla_decode`: DeepSeek MLA attention in the absorbed form, over the latent cache (DeepSeek-V2, arXiv 2405.04434).
 
 The caller folds W_UK into the query (q_lat = q_nope · W_UK, per head) and applies W_UV to the
 result, so the op sees only latent-space tensors (FlashMLA / FlashInfer MLA split):
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch
-from .definition import Definition, Workload
-from .registry import register_definition, register_solution
-from .softmax_attention import causal_window_mask
-from .tensors import random_tensor, torch_dtype
-from .workloads import HARNESS_DEFAULTS, dtype_input, harness_fields, short_dtype, take
+from .. import dispatch
+from ..attention.reference import causal_window_mask
+from ..definition import Definition, Workload
+from ..registry import register_definition, register_solution
+from ..tensors import random_tensor, torch_dtype
+from ..workloads import HARNESS_DEFAULTS, dtype_input, harness_fields, short_dtype, take
 
 MLA = "mla_decode"
 

@@ -1,7 +1,7 @@
 """flash-linear-attention adapters for the lightning ops.
 
 MiniMax lightning attention is fla's simple GLA with a constant per-head log-decay and no scale:
-`chunk_simple_gla(q, k, v, g_gamma=-slope, scale=1.0)` (REFERENCES.md). fla's own
+`chunk_simple_gla(q, k, v, g_gamma=-slope, scale=1.0)` (fla `fla/ops/simple_gla`). fla's own
 `chunk_lightning_attn` is a different decay and is not used.
 
 - `fla`: fla's Triton kernels (chunk for prefill, fused recurrent for decode). They need a GPU.
@@ -15,8 +15,8 @@ import importlib.util
 
 import torch
 
-from .lightning_ops import DECODE, PREFILL
-from .registry import register_solution
+from ..registry import register_solution
+from .ops import DECODE, PREFILL
 
 HAVE_FLA = importlib.util.find_spec("fla") is not None
 

@@ -1,4 +1,4 @@
-"""`triton` backend of `state_store` / `state_load` (kernels: triton_state_kernels.py).
+"""`triton` backend of `state_store` / `state_load` (kernels: triton_kernels.py).
 
 Checked under TRITON_INTERPRET=1 on CPU like the other Triton kernels; on a GPU it stores the
 engine's state slots without a round trip through torch's elementwise ops.
@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import torch
 
-from .registry import register_solution
-from .state_ops import FLOAT_GRID, LOAD, STORAGE_DTYPES, STORE, scale_shape
-from .triton_lightning import _pow2, triton_unavailable
+from ..registry import register_solution
+from ..triton_support import next_pow2, triton_unavailable
+from .ops import FLOAT_GRID, LOAD, STORAGE_DTYPES, STORE, scale_shape
 
 BLOCK = 1024
 
 
 def store_triton(state, dtype, rounding="nearest", group=None, seed=0):
-    from . import triton_state_kernels as kern
+    from . import triton_kernels as kern
 
     state = state.float().contiguous()
     if dtype == "fp32":
@@ -34,12 +34,12 @@ def store_triton(state, dtype, rounding="nearest", group=None, seed=0):
     gk, gv = group
     scales = torch.empty(scale_shape(state.shape, group), device=state.device)
     kern.store_int8[(scales.numel(),)](state, values, scales, seed, K=k, V=v, GK=gk, GV=gv,
-                                       BK=_pow2(gk, 1), BV=_pow2(gv, 1), STOCHASTIC=stochastic)  # fmt: skip
+                                       BK=next_pow2(gk, 1), BV=next_pow2(gv, 1), STOCHASTIC=stochastic)  # fmt: skip
     return values, scales
 
 
 def load_triton(values, scales=None, group=None):
-    from . import triton_state_kernels as kern
+    from . import triton_kernels as kern
 
     if values.dtype == torch.float32:
         return values.clone()

@@ -1,7 +1,16 @@
-"""Op `paged_attn_prefill`: a packed batch of query chunks over a paged KV cache (chunked prefill).
+"""Ops `paged_attn_decode` and `paged_attn_prefill`: softmax attention over a paged KV cache.
+
+`paged_attn_decode`: one query per sequence, q [N, H, D], over the cache as the serving engine
+stores it (vLLM layout): k_cache [P, page, Hkv, D], v_cache [P, page, Hkv, Dv], block_table [N,
+max_pages] (physical page of each logical page), seq_lens [N] (keys per sequence; the query's own
+key is already in the cache, so it sits at position seq_len - 1). It sees key j when j <= seq_len - 1
+and, with `window` W, seq_len - 1 - j < W. The caches may be non-contiguous views of one buffer
+(MLA's latent cache as key and, cut to its first R channels, as value).
+
+`paged_attn_prefill`: a packed batch of query chunks (chunked prefill).
 
     q [T, H, D]                      the new tokens of N sequences, packed (T = cu_seqlens_q[N])
-    k_cache [P, page, Hkv, D], v_cache [P, page, Hkv, Dv], block_table [N, max_pages] (vLLM layout)
+    k_cache, v_cache, block_table    as above
     cu_seqlens_q [N+1] int32         sequence n's queries are q[cu[n]:cu[n+1]]
     seq_lens [N] int32               keys per sequence, the new tokens included (already in the cache)
     -> o [T, H, Dv]
@@ -9,11 +18,11 @@
 Sequence n's queries are its last cu[n+1] - cu[n] key positions (bottom-right causal, as
 `swa_prefill`): a first chunk (queries = keys), a later chunk over a cached prefix, or one decode
 token. Query i sees key j when j <= i and, with `window` W, i - j < W; `sinks` [H] as GPT-OSS.
-Pages wholly before a sequence's first visible key may be -1 in the table (freed).
 
-The reference gathers each sequence's pages and runs the `swa_prefill` reference; the fast
-backends (`prefill_by_sequence`) gather only the pages from the window start on, with
-index_select, and run their own `swa_prefill` on [1, S, Hkv, D].
+Table entries of pages wholly before a sequence's first visible key may be -1 (freed pages,
+`cache.py`): no backend reads them. The references gather each sequence's pages and run the
+`swa_prefill` reference; the fast prefill backends (`prefill_by_sequence`) gather only the pages
+from the window start on, with index_select, and run their own `swa_prefill` on [1, S, Hkv, D].
 """
 
 from __future__ import annotations
@@ -23,15 +32,159 @@ from itertools import pairwise
 
 import torch
 
-from . import dispatch
-from .attention_ops import check_paged_cache, check_window, paged_sequence_reference
-from .definition import Definition, Workload
-from .paged_cache import random_block_table, sequence_kv
-from .registry import register_definition, register_solution
-from .tensors import random_tensor, torch_dtype
-from .workloads import HARNESS_DEFAULTS, dtype_input, harness_fields, short_dtype, take
+from .. import dispatch
+from ..attention.ops import check_heads, check_window, swa_reference
+from ..definition import Definition, Workload
+from ..registry import register_definition, register_solution
+from ..tensors import random_tensor, torch_dtype
+from ..workloads import HARNESS_DEFAULTS, dtype_input, harness_fields, short_dtype, take
+from .cache import first_key, random_block_table, sequence_kv
 
-PREFILL = "paged_attn_prefill"
+PAGED, PREFILL = "paged_attn_decode", "paged_attn_prefill"
+
+
+# --- paged_attn_decode ----------------------------------------------------------------------------
+
+
+def paged_sequence_reference(q, k_cache, v_cache, table_row, seq_len, scale, window, sinks):
+    """q [Tq, H, D]: the last Tq queries of one sequence -> [Tq, H, Dv]. Gathers the pages from the
+    one holding the first visible key (earlier ones may be freed) and runs the swa reference."""
+    page = k_cache.shape[1]
+    lo = first_key(seq_len, q.shape[0], window) // page
+    pages = table_row[lo : -(-seq_len // page)].long()
+    k = k_cache[pages].flatten(0, 1)[: seq_len - lo * page]  # [S, Hkv, D]
+    v = v_cache[pages].flatten(0, 1)[: seq_len - lo * page]
+    return swa_reference(q[None], k[None], v[None], scale, window, sinks)[0]
+
+
+def paged_reference(q, k_cache, v_cache, block_table, seq_lens, scale=None, sinks=None, window=None):
+    outs = [
+        paged_sequence_reference(q[n, None], k_cache, v_cache, block_table[n], length, scale, window, sinks)
+        for n, length in enumerate(seq_lens.tolist())
+    ]
+    return torch.cat(outs)  # [N, H, Dv]
+
+
+def check_paged_cache(op: str, q, k_cache, v_cache, sinks) -> None:
+    if q.dim() != 3 or k_cache.dim() != 4 or v_cache.dim() != 4 or k_cache.shape[:3] != v_cache.shape[:3]:
+        raise ValueError(
+            f"{op}: q must be [N, H, D], k_cache [P, page, Hkv, D], v_cache [P, page, Hkv, Dv]; "
+            f"got {tuple(q.shape)}, {tuple(k_cache.shape)}, {tuple(v_cache.shape)}"
+        )
+    if q.shape[-1] != k_cache.shape[-1]:
+        raise ValueError(f"{op}: q has head dim {q.shape[-1]}, k_cache {k_cache.shape[-1]}")
+    check_heads(op, q.shape[1], k_cache.shape[2], sinks)
+
+
+def paged_attn_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float | None = None,
+    sinks: torch.Tensor | None = None,
+    window: int | None = None,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """-> o [N, H, Dv]; `window=None` sees the whole sequence."""
+    check_paged_cache(PAGED, q, k_cache, v_cache, sinks)
+    check_window(PAGED, window)
+    n = q.shape[0]
+    if block_table.dim() != 2 or block_table.shape[0] != n or seq_lens.shape != (n,):
+        raise ValueError(
+            f"{PAGED}: block_table must be [N, max_pages] and seq_lens [N] with N = {n}; got "
+            f"{tuple(block_table.shape)}, {tuple(seq_lens.shape)}"
+        )
+    return dispatch.call(
+        PAGED,
+        backend,
+        q=q,
+        k_cache=k_cache,
+        v_cache=v_cache,
+        block_table=block_table,
+        seq_lens=seq_lens,
+        scale=scale,
+        sinks=sinks,
+        window=window,
+    )
+
+
+def make_paged_inputs(workload: Workload, device, gen: torch.Generator) -> dict:
+    ax, spec = workload.axes, workload.inputs
+    dtype = torch_dtype(spec["q"]["dtype"])
+    lens = spec["seq_lens"]["value"]
+    n, h, hkv, d, page = len(lens), ax["H"], ax["Hkv"], ax["D"], ax["page"]
+    window = spec.get("window", {}).get("value")
+    table, num_pages = random_block_table(lens, [1] * n, page, window, gen)
+    return {
+        "q": random_tensor((n, h, d), dtype, gen, device),
+        "k_cache": random_tensor((num_pages, page, hkv, d), dtype, gen, device),
+        "v_cache": random_tensor((num_pages, page, hkv, d), dtype, gen, device),
+        "block_table": table.to(device),
+        "seq_lens": torch.tensor(lens, dtype=torch.int32, device=device),
+        "scale": None,
+        "sinks": random_tensor((h,), dtype, gen, device, 1.0) if "sinks" in spec else None,
+        "window": window,
+    }
+
+
+def paged_workload(entry: dict, where: str) -> Workload:
+    f = take(entry, where, {"heads": 8, "kv_heads": None, "head_dim": 64, "page": 16, "seq_lens": None,
+                            "window": None, "sinks": False, "dtype": "float32", **HARNESS_DEFAULTS})  # fmt: skip
+    lens = f["seq_lens"]
+    if not isinstance(lens, list) or not lens or not all(isinstance(x, int) and x > 0 for x in lens):
+        raise ValueError(
+            f"{where}.seq_lens = {lens!r}: need a list of lists of positive lengths, e.g. [[7, 300]]"
+        )
+    h, hkv, d, page = f["heads"], f["kv_heads"] or f["heads"], f["head_dim"], f["page"]
+    pages = [-(-t // page) for t in lens]
+    inputs = {"q": dtype_input(f["dtype"]), "seq_lens": {"type": "scalar", "value": lens},
+              "k_cache": dtype_input(f["dtype"]), "v_cache": dtype_input(f["dtype"]),
+              "block_table": {"type": "generated", "how": "random permutation of pages"}}  # fmt: skip
+    label = f"N{len(lens)} len≤{max(lens)} page{page} H{h}/{hkv} D{d}"
+    if f["window"] is not None:
+        inputs["window"] = {"type": "scalar", "value": f["window"]}
+        label += f" W{f['window']}"
+    if f["sinks"]:
+        inputs["sinks"] = dtype_input(f["dtype"])
+        label += " sinks"
+    axes = {"N": len(lens), "H": h, "Hkv": hkv, "D": d, "Dv": d, "P": sum(pages) + 3, "page": page,
+            "max_pages": max(pages)}  # fmt: skip
+    return Workload(axes=axes, inputs=inputs, label=f"{label} {short_dtype(f['dtype'])}",
+                    source=entry.get("model", ""), **harness_fields(f, where))  # fmt: skip
+
+
+register_definition(
+    Definition(
+        name=PAGED,
+        op_type="attention",
+        axes={k: {"type": "var"} for k in ("N", "H", "Hkv", "D", "Dv", "P", "page", "max_pages")},
+        inputs={
+            "q": {"shape": ["N", "H", "D"], "dtype": "any float"},
+            "k_cache": {"shape": ["P", "page", "Hkv", "D"], "dtype": "q.dtype"},
+            "v_cache": {"shape": ["P", "page", "Hkv", "Dv"], "dtype": "q.dtype"},
+            "block_table": {"shape": ["N", "max_pages"], "dtype": "int32"},
+            "seq_lens": {"shape": ["N"], "dtype": "int32"},
+            "scale": {"shape": None, "dtype": "float", "optional": True},
+            "sinks": {"shape": ["H"], "dtype": "q.dtype", "optional": True},
+            "window": {"shape": None, "dtype": "int", "optional": True},
+        },
+        outputs={"o": {"shape": ["N", "H", "Dv"], "dtype": "q.dtype"}},
+        reference=paged_reference,
+        description="GQA decode over a paged KV cache (block table + lengths), optional window and sinks.",
+        grad_inputs=("q", "k_cache", "v_cache", "sinks"),
+        make_inputs=make_paged_inputs,
+        make_workload=paged_workload,
+    )
+)
+
+register_solution(PAGED, "torch", paged_reference, language="pytorch", target_hardware=["cpu", "cuda"],
+                  backward=True, description="per-sequence gather + softmax")  # fmt: skip
+
+
+# --- paged_attn_prefill ---------------------------------------------------------------------------
 
 
 def _chunks(cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor):

@@ -1,4 +1,4 @@
-"""MiniMax-01 lightning attention: linear attention with a constant per-head decay (REFERENCES.md).
+"""MiniMax-01 lightning attention: linear attention with a constant per-head decay (arXiv 2501.08313).
 
     S_t = exp(-s) S_{t-1} + k_t^T v_t        S [K, V] per (batch, head), S_0 = initial_state
     o_t = q_t S_t                            no 1/sqrt(D) scale, no normalisation
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .tensors import compute_dtype
+from ..tensors import compute_dtype
 
 
 def _start_state(initial_state, b, h, dk, dv, dtype, device) -> torch.Tensor:

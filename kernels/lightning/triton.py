@@ -1,5 +1,5 @@
 """`triton` backend of the lightning ops: launchers and the autograd Function around
-`triton_lightning_kernels.py` (prefill forward and backward, decode step).
+`triton_kernels.py` (prefill forward and backward, decode step).
 
 The forward keeps only q, k, v and the initial state; the backward recomputes the per-chunk
 states (fla does the same): storing them would cost [chunks, H, K, V] fp32, 2 GiB at T = 32K,
@@ -11,32 +11,14 @@ tolerance allows for it. Under TRITON_INTERPRET=1 (CPU correctness checks) the d
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
-from .lightning_ops import DECODE, PREFILL
-from .registry import register_solution
+from ..registry import register_solution
+from ..triton_support import next_pow2, triton_unavailable
+from .ops import DECODE, PREFILL
 
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
 DEFAULT_CHUNK = 64
 MAX_HEAD_DIM = 256  # one [K, V] state tile per program
-
-
-def triton_unavailable(device: torch.device) -> str | None:
-    """Why Triton kernels cannot run on `device` (None: they can)."""
-    if not HAVE_TRITON:
-        return "triton is not installed (pip install triton)"
-    if device.type == "cuda":
-        return None
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        return None  # the interpreter runs kernels on CPU tensors, for correctness checks only
-    return "Triton kernels need a CUDA device (or TRITON_INTERPRET=1 set before import, for a CPU check)"
-
-
-def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, 1 << (max(n, 1) - 1).bit_length())
 
 
 def _chunk(hint: int | None) -> int:
@@ -67,8 +49,8 @@ class _Plan:
     def __init__(self, q, v, cu_seqlens, chunk):
         b, t, h, k = q.shape
         self.b, self.t, self.h, self.k, self.v = b, t, h, k, v.shape[-1]
-        self.bt, self.bk = chunk, _pow2(k)
-        self.bv = min(64, _pow2(self.v))
+        self.bt, self.bk = chunk, next_pow2(k)
+        self.bv = min(64, next_pow2(self.v))
         self.varlen = cu_seqlens is not None
         if self.varlen:
             self.cu = cu_seqlens.to(torch.int32).contiguous()
@@ -80,7 +62,7 @@ class _Plan:
 
     def states(self, k, v, slope, h0):
         """-> hs [chunks, H, K, V] (state entering each chunk), final [N, H, K, V], both fp32."""
-        from . import triton_lightning_kernels as kern
+        from . import triton_kernels as kern
 
         hs = k.new_empty(self.chunks, self.h, self.k, self.v, dtype=torch.float32)
         final = k.new_empty(self.n, self.h, self.k, self.v, dtype=torch.float32)
@@ -96,7 +78,7 @@ class _Plan:
 class LightningTritonFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slope, initial_state, cu_seqlens, chunk):
-        from . import triton_lightning_kernels as kern
+        from . import triton_kernels as kern
 
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         slope = slope.to(device=q.device, dtype=torch.float32).contiguous()
@@ -116,7 +98,7 @@ class LightningTritonFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dfinal):
-        from . import triton_lightning_kernels as kern
+        from . import triton_kernels as kern
 
         q, k, v, slope, h0 = ctx.saved_tensors
         plan = ctx.plan
@@ -133,7 +115,7 @@ class LightningTritonFunction(torch.autograd.Function):
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         kern.dqkv_bwd[(plan.chunks, plan.h)](
             q, k, v, do, slope, hs, dhs, dq, dk, dv, plan.cu, plan.indices, plan.t,
-            H=plan.h, K=plan.k, V=plan.v, BT=plan.bt, BK=plan.bk, BV=_pow2(plan.v), VARLEN=plan.varlen,
+            H=plan.h, K=plan.k, V=plan.v, BT=plan.bt, BK=plan.bk, BV=next_pow2(plan.v), VARLEN=plan.varlen,
             num_warps=8 if max(plan.k, plan.v) > 64 else 4,  # two [K, V] fp32 tiles live at once
         )  # fmt: skip
         dh0 = None if dh0 is None else dh0.to(ctx.h0_dtype)
@@ -148,18 +130,18 @@ def prefill_triton(
 
 
 def decode_triton(q, k, v, slope, state=None):
-    from . import triton_lightning_kernels as kern
+    from . import triton_kernels as kern
 
     n, h, dk = q.shape
     dv = v.shape[-1]
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     o = torch.empty_like(v)
     new_state = q.new_empty(n, h, dk, dv, dtype=torch.float32)
-    bv = min(64, _pow2(dv))
+    bv = min(64, next_pow2(dv))
     kern.decode_step[(-(-dv // bv), n * h)](
         q, k, v, slope.to(device=q.device, dtype=torch.float32).contiguous(),
         new_state if state is None else state.float().contiguous(), o, new_state,
-        H=h, K=dk, V=dv, BK=_pow2(dk), BV=bv, USE_STATE=state is not None,
+        H=h, K=dk, V=dv, BK=next_pow2(dk), BV=bv, USE_STATE=state is not None,
     )  # fmt: skip
     return o, new_state
 
