@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "probe": (("attnlab.probes.cli",), "score attention heads (retrieval, induction, ...) and ablate them"),
     "serve": (("attnlab.serve.cli",), "OpenAI-compatible HTTP server (completions, chat, metrics)"),
     "bench": (
-        ("attnlab.kernels.cli", "attnlab.serve.cli"),
+        ("attnlab.kernels.cli", "attnlab.train.bench_cli", "attnlab.serve.cli"),
         "benchmarks (kernels, train-step, serve, crossover, state-precision)",
     ),
     "kernels": (("attnlab.kernels.cli",), "kernel harness: op definitions and backends"),

@@ -15,7 +15,10 @@ Call an op like a function; dispatch picks the backend (`backend="name"` overrid
 # do not import everything.
 from __future__ import annotations
 
-from ..common import lazy_exports
+# Absolute, not `..common`: transformers probes for Hugging Face's `kernels` package by importing
+# a top-level `kernels` when it finds one, which is this folder when Python runs in the repository
+# root. Importing it that way must not fail (it only defines the lazy table).
+from attnlab.common import lazy_exports
 
 _LAZY = {
     # the kernel choice (dispatch)
@@ -51,6 +54,9 @@ _LAZY = {
     "SCALE_GROUPS": "state.ops",
     "STORAGE_DTYPES": "state.ops",
     "scale_shape": "state.ops",
+    # ranking one op at one shape without touching the user's cache
+    "rank_op": "ranking",
+    "ranking_cache": "ranking",
     # benchmark plumbing the other `attnlab bench` subcommands share
     "command_group": "cli",
     "keep_freed_memory": "harness",

@@ -1,4 +1,4 @@
-"""`attnlab kernels check`, `attnlab bench kernels` and `attnlab bench train-step` on the command line.
+"""`attnlab kernels check` and `attnlab bench kernels` on the command line.
 
 Both run every backend of every op on a suite of workloads (configs/kernels.yaml), check each
 against the reference (outputs and gradients), time the ones that pass, write traces + a markdown
@@ -6,7 +6,6 @@ table into a run directory, and store the ranking of passed backends on this dev
 dispatch only under `default: ranked`).
 `check` defaults to the small `check` suite (correctness on odd lengths, packs, fp32 and bf16);
 `bench` to the device's benchmark suite (`cpu` or `gpu`) and adds the torch.bmm yardstick.
-`bench train-step` times a whole training step against HF Llama (train_step_bench.py).
 """
 
 from __future__ import annotations
@@ -79,51 +78,6 @@ def register(sub) -> None:
     bk = bench.add_parser("kernels", help="benchmark every backend of every op (traces + markdown)")
     _add_common(bk, "runs/bench-kernels", default_reps=5)
     bk.set_defaults(func=cmd_bench)
-    _add_train_step(bench)
-
-
-def _add_train_step(bench) -> None:
-    from attnlab.common import positive_int
-
-    from .train_step_bench import TrainStepOptions
-
-    d = TrainStepOptions()
-    p = bench.add_parser(
-        "train-step", help="attnlab's full-attention training step vs HF Llama, builtin and ranked kernels"
-    )
-    p.add_argument(
-        "--out", type=Path, default=Path("runs/bench-train-step"), help="results.json + results.md"
-    )
-    for flag, help in (("batch", "sequences per step"), ("length", "tokens per sequence"),
-                       ("hidden", "hidden size"), ("layers", "full-attention layers"),
-                       ("heads", "attention heads"), ("vocab", "vocabulary size"),
-                       ("threads", "torch CPU threads"), ("warmup", "untimed steps first"),
-                       ("repeats", "timed steps (median)"), ("rank-reps", "timed reps per backend when ranking")):  # fmt: skip
-        name = flag.replace("-", "_")
-        p.add_argument(
-            f"--{flag}",
-            type=positive_int,
-            default=getattr(d, name),
-            help=f"{help} (default {getattr(d, name)})",
-        )
-    p.set_defaults(func=cmd_train_step)
-
-
-def cmd_train_step(args) -> int:
-    from dataclasses import fields
-
-    from .train_step_bench import TrainStepOptions, run
-
-    opts = TrainStepOptions(
-        **{f.name: getattr(args, f.name) for f in fields(TrainStepOptions) if f.name != "seed"}
-    )
-    if opts.hidden % opts.heads:
-        print(f"attnlab bench train-step: error: --hidden {opts.hidden} is not a multiple of --heads {opts.heads}",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    results = run(opts, args.out)
-    print((args.out / "results.md").read_text())
-    return 0 if results["rows"] else 1
 
 
 def cmd_check(args) -> int:

@@ -8,8 +8,8 @@ the harness has ranked the op's backends at this shape (a temporary cache, never
 the Llama peer. Each attnlab row records the backends that ran (`backends_used`), so the table says
 which kernels produced its time.
 
-The model comes from attnlab.archs: this module is a benchmark that uses the whole stack, so it
-imports archs inside `run` (kernels/ itself stays importable without archs).
+It lives in train/ because it times a training step of the model archs builds; the kernels it
+compares come through attnlab.kernels' public names.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -26,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from . import dispatch, harness, report
-from .workloads import suite_workloads
+from ..archs import AttnLabConfig, AttnLabForCausalLM, to_llama
+from ..kernels import KernelChoice, backends_used, kernel_choice, rank_op, ranking_cache
 
 
 @dataclass
@@ -45,36 +44,12 @@ class TrainStepOptions:
     seed: int = 0
 
 
-@contextlib.contextmanager
-def private_kernel_cache(path: Path):
-    """Point the ranking cache at `path` for the block (the user's ~/.cache is never read or written)."""
-    previous = os.environ.get("ATTNLAB_KERNEL_CACHE")
-    os.environ["ATTNLAB_KERNEL_CACHE"] = str(path)
-    dispatch.forget()
-    try:
-        yield path
-    finally:
-        if previous is None:
-            os.environ.pop("ATTNLAB_KERNEL_CACHE", None)
-        else:
-            os.environ["ATTNLAB_KERNEL_CACHE"] = previous
-        dispatch.forget()
-
-
 def rank_attention(opts: TrainStepOptions) -> dict:
-    """Check and time swa_prefill's backends at the model's attention shape (forward and
-    forward+backward), store the ranking in the current cache -> {mode: ranking}."""
+    """swa_prefill's ranking at the model's attention shape, stored in the current cache."""
     head_dim = opts.hidden // opts.heads
     entry = {"heads": opts.heads, "kv_heads": opts.heads, "head_dim": head_dim, "batch": opts.batch,
              "seq_len": opts.length, "window": None, "sinks": False, "dtype": "float32"}  # fmt: skip
-    config = {"models": {}, "suites": {"train-step": {"swa_prefill": [entry]}}}
-    workloads = suite_workloads(config, "train-step")
-    traces = harness.run(workloads, torch.device("cpu"), None, opts.rank_reps, opts.seed)
-    ranks = report.rankings(traces).get("swa_prefill", {})
-    for mode, names in ranks.items():
-        if names:
-            dispatch.write_ranking("cpu", "swa_prefill", mode, names, {"suite": "train-step"})
-    return ranks
+    return rank_op("swa_prefill", entry, torch.device("cpu"), opts.rank_reps, opts.seed)
 
 
 def step_fn(model, ids: torch.Tensor):
@@ -93,9 +68,6 @@ def step_fn(model, ids: torch.Tensor):
 
 def build_models(opts: TrainStepOptions):
     """-> (the attnlab full-attention model, the Llama with the same weights)."""
-    from attnlab.archs.config import AttnLabConfig
-    from attnlab.archs.llama import to_llama
-    from attnlab.archs.model import AttnLabForCausalLM
 
     torch.manual_seed(opts.seed)
     cfg = AttnLabConfig(vocab_size=opts.vocab, hidden_size=opts.hidden, num_hidden_layers=opts.layers,
@@ -122,12 +94,12 @@ def run(opts: TrainStepOptions, out: Path) -> dict:
     ids = torch.randint(0, opts.vocab, (opts.batch, opts.length), generator=torch.Generator().manual_seed(1))
     with tempfile.TemporaryDirectory() as tmp:
         empty, ranked_cache = Path(tmp) / "empty.json", Path(tmp) / "ranked.json"
-        with private_kernel_cache(ranked_cache):
+        with ranking_cache(ranked_cache):
             ranking = rank_attention(opts)
         # row name -> (one step, its ranking cache, its kernel choice); None: the Llama peer
         rows = {
-            "builtin": (step_fn(ours, ids), empty, dispatch.KernelChoice()),
-            "ranked": (step_fn(copy.deepcopy(ours), ids), ranked_cache, dispatch.KernelChoice(ranked=True)),
+            "builtin": (step_fn(ours, ids), empty, KernelChoice()),
+            "ranked": (step_fn(copy.deepcopy(ours), ids), ranked_cache, KernelChoice(ranked=True)),
             "llama": (step_fn(llama, ids), None, None),
         }
         times: dict[str, list[float]] = {name: [] for name in rows}
@@ -138,13 +110,13 @@ def run(opts: TrainStepOptions, out: Path) -> dict:
                 step, cache, choice = rows[name]
                 with contextlib.ExitStack() as stack:
                     if cache is not None:
-                        stack.enter_context(private_kernel_cache(cache))
-                        stack.enter_context(dispatch.kernel_choice(choice))
-                    dispatch.backends_used(reset=True)
+                        stack.enter_context(ranking_cache(cache))
+                        stack.enter_context(kernel_choice(choice))
+                    backends_used(reset=True)
                     start = time.perf_counter()
                     step()
                     elapsed = time.perf_counter() - start
-                    used[name] = dispatch.backends_used(reset=True)
+                    used[name] = backends_used(reset=True)
                 if i >= opts.warmup:
                     times[name].append(elapsed)
     peer = statistics.median(times["llama"])
