@@ -54,7 +54,7 @@ def build_data(data, run_dir: Path, seed: int) -> DataTensors:
     if data.source == "task":
         slices = []
         for i, (name, task, batch_size, start_step) in enumerate(data.task.slices(data.batch_size)):
-            make = TASKS[task.name]
+            make = TASKS.get(task.name, where="data.task.name")
             # Distinct streams for every (slice, split) and every seed: 2*(seed*64 + i) (+1 for val).
             stream = 2 * (seed * 64 + i)
             train_ids, train_labels = make(task, task.train_examples, stream)

@@ -48,7 +48,7 @@ class TaskSection:
     mixture: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        check_choice(self.name, tuple(sorted(TASKS)), "data.task.name")
+        check_choice(self.name, tuple(sorted(TASKS.names())), "data.task.name")
         for name in ("train_examples", "val_examples"):
             check_positive(getattr(self, name), f"data.task.{name}")
         try:

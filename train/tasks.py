@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..common import Registry
 from ..evals import mqar_examples
 
 
@@ -28,4 +29,6 @@ def mqar_task(task, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.T
     )
 
 
-TASKS: dict[str, Callable] = {"mqar": mqar_task}
+# name -> generator (the project's one registration idiom, attnlab.common.Registry)
+TASKS: Registry[Callable] = Registry("training task")
+TASKS.register("mqar", mqar_task)
