@@ -204,3 +204,42 @@ def test_cli_bench_adds_the_bmm_yardstick(tmp_path):
     assert len(rows) == 4 and all(r["fraction_of_bmm"] > 0 for r in rows)
     assert "torch.bmm GFLOP/s" in (out / "results.md").read_text()
     assert not dispatch.stored_ranking("cpu", "lightning_prefill", "fwd")  # --no-rank
+
+
+def checkpoint_traces(monkeypatch, fn) -> dict:
+    """torch, torch_chunk and a fake backend `fn` of lightning_prefill on a workload with checkpoints."""
+    sol = Solution(name="fake", definition="lightning_prefill", fn=fn, spec={}, backward=True)
+    with_solution(monkeypatch, sol)
+    config = {"models": TINY["models"], "suites": {"t": {"lightning_prefill": [
+        {"model": "tiny", "pack": [[9, 0, 12]], "checkpoints": "every 4"}]}}}  # fmt: skip
+    loads = suite_workloads(config, "t")
+    (workload,) = loads["lightning_prefill"]
+    assert workload.inputs["state_checkpoints"]["value"] == [3, 7, 12, 16, 20] and "ckpt/4" in workload.label
+    traces = harness.run(loads, CPU, backends=["torch", "torch_chunk", "fake"], reps=1)
+    return {t.solution: t.evaluation for t in traces}
+
+
+def test_checkpoint_states_are_compared(monkeypatch):
+    ref = registry.definition("lightning_prefill").reference
+
+    def wrong_states(**kw):
+        o, final, states = ref(**kw)
+        return o, final, states * 1.01
+
+    evs = checkpoint_traces(monkeypatch, wrong_states)
+    assert evs["torch_chunk"]["status"] == "PASSED"
+    assert {"states", "dinitial_state"} <= set(evs["torch_chunk"]["correctness"]["relative_rmse"])
+    assert evs["fake"]["status"] == "INCORRECT_NUMERICAL"
+    assert evs["fake"]["correctness"]["relative_rmse"]["states"] == pytest.approx(0.01, rel=1e-3)
+
+    def no_states(state_checkpoints, **kw):
+        return ref(**kw)
+
+    assert checkpoint_traces(monkeypatch, no_states)["fake"]["status"] == "INCORRECT_SHAPE"
+
+
+@pytest.mark.parametrize("value", ["every 0", "each 4", [[0, 99]]])
+def test_bad_checkpoints_field_is_named(value):
+    entry = {"model": "tiny", "seq_len": 9, "checkpoints": value}
+    with pytest.raises(ValueError, match=r"lightning_prefill\[0\]\.checkpoints = .*'every N'"):
+        suite_workloads({"models": TINY["models"], "suites": {"t": {"lightning_prefill": [entry]}}}, "t")

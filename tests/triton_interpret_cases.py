@@ -92,6 +92,43 @@ def test_lightning_prefill_pack_matches_per_sequence_loop():
     assert_all_close(grads, ref_grads)
 
 
+@pytest.mark.parametrize(
+    "cu, points",
+    [
+        (None, [0, 19, 15, 16, 7, 7, 20, 39, 36]),  # B=2 x T=20: first, last, chunk edge, inside, repeats
+        ([0, 5, 5, 6, 40], [0, 4, 5, 6, 21, 22, 39, 21, 30]),  # empty and one-token sequences
+    ],
+)
+@pytest.mark.parametrize("with_h0", [True, False])
+def test_lightning_prefill_state_checkpoints(cu, points, with_h0):
+    """Segment chaining over the Triton kernel (kernels/lightning/checkpoints.py) against the
+    recurrence run per sequence, keeping the state after every token."""
+    b, t = (2, 20) if cu is None else (1, 40)
+    q, k, v = (rand(b, t, 2, 16, seed=s, scale=0.4) for s in (51, 52, 53))
+    n = b if cu is None else len(cu) - 1
+    h0 = rand(n, 2, 16, 16, seed=54, scale=0.3) if with_h0 else None
+    cu_t = None if cu is None else torch.tensor(cu)
+    o, final, states = lightning_prefill(
+        q, k, v, SLOPE, h0, True, cu_t, 16, state_checkpoints=torch.tensor(points), backend="triton"
+    )
+    bounds = (
+        [(i * t, (i + 1) * t) for i in range(b)] if cu is None else list(zip(cu[:-1], cu[1:], strict=True))
+    )
+    flat = [x.reshape(1, b * t, 2, 16) for x in (q, k, v)]
+    after, outs, finals = {}, [], []
+    for i, (lo, hi) in enumerate(bounds):
+        s = torch.zeros(1, 2, 16, 16) if h0 is None else h0[i : i + 1]
+        for j in range(lo, hi):  # one token at a time: the state after each
+            o_j, s = lightning_recurrent(*(x[:, j : j + 1] for x in flat), SLOPE, s)
+            outs.append(o_j)
+            after[j] = s[0]
+        finals.append(s)
+    assert_all_close([states, o.reshape(1, b * t, 2, 16), final],
+                     [torch.stack([after[i] for i in points]), torch.cat(outs, 1), torch.cat(finals)])  # fmt: skip
+    o_plain, _ = lightning_prefill(q, k, v, SLOPE, h0, True, cu_t, 16, backend="triton")
+    assert_all_close([o], [o_plain])
+
+
 @pytest.mark.parametrize("with_state", [True, False])
 def test_lightning_decode_step(with_state):
     q, k, v = rand(3, 2, 16, seed=13), rand(3, 2, 16, seed=14), rand(3, 2, 16, seed=15)

@@ -16,6 +16,7 @@ import importlib.util
 import torch
 
 from ..registry import register_solution
+from .checkpoints import with_checkpoints
 from .ops import DECODE, PREFILL
 
 HAVE_FLA = importlib.util.find_spec("fla") is not None
@@ -115,7 +116,11 @@ _fla = {
     "available": _gpu_only,
     "dtypes": (torch.float32, torch.bfloat16, torch.float16),
 }
-register_solution(PREFILL, "fla", prefill_fla, description="fla chunk_simple_gla(g_gamma=-slope)", **_fla)
+# state_checkpoints: both chain their own code over segments (checkpoints.py); the naive code has
+# no cu_seqlens, so its rounds run as batches of equal-length segments.
+register_solution(
+    PREFILL, "fla", with_checkpoints(prefill_fla), description="fla chunk_simple_gla(g_gamma=-slope)", **_fla
+)
 register_solution(DECODE, "fla", decode_fla, description="fla fused_recurrent_simple_gla", **_fla)
 _naive = {
     "language": "pytorch",
@@ -129,7 +134,7 @@ _naive = {
 register_solution(
     PREFILL,
     "fla_naive",
-    prefill_fla_naive,
+    with_checkpoints(prefill_fla_naive, packs=False),
     description="fla naive_chunk_simple_gla (C=64)",
     supports=_no_packs,
     **_naive,

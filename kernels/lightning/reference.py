@@ -35,18 +35,34 @@ def lightning_recurrent(
     initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-by-token reference (and the decode path): one state update per token."""
+    o, state, _ = lightning_recurrent_kept(q, k, v, slope, initial_state)
+    return o, state
+
+
+def lightning_recurrent_kept(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slope: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    keep: tuple[int, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """`lightning_recurrent` that also keeps the state after each token position in `keep`
+    (-> o, final, [state [B, H, K, V] per entry of keep]): the reference of `state_checkpoints`."""
     b, t, h, dk = q.shape
     dv = v.shape[-1]
     dtype, out_dtype = compute_dtype(q, k, v), v.dtype
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     decay = torch.exp(-slope.to(dtype))[None, :, None, None]  # [1, H, 1, 1]
     state = _start_state(initial_state, b, h, dk, dv, dtype, q.device)  # [B, H, K, V]
-    outs = []
+    outs, kept, wanted = [], {}, set(keep)
     for i in range(t):
         state = decay * state + k[:, i, :, :, None] * v[:, i, :, None, :]  # [B, H, K, V]
         outs.append(torch.einsum("bhk,bhkv->bhv", q[:, i], state))
+        if i in wanted:  # only the kept states stay alive (all of them would be [T, B, H, K, V])
+            kept[i] = state
     o = torch.stack(outs, dim=1)  # [B, T, H, V]
-    return o.to(out_dtype), state
+    return o.to(out_dtype), state, [kept[i] for i in keep]
 
 
 def _block_decays(slope: torch.Tensor, n: int):

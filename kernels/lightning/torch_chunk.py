@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ..registry import register_solution
 from ..tensors import compute_dtype
+from .checkpoints import chain_segments, locate
 from .ops import DECODE, PREFILL
 
 DEFAULT_CHUNK = 64  # fastest on the CPU we measured (kernels/BENCH_RESULTS.md); any size is exact
@@ -125,32 +126,39 @@ def _bmm_add_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tens
     return out
 
 
+def _chunk_forward(q, k, v, slope, initial_state, cu_seqlens, chunk):
+    """The forward pass -> o [B, T, H, V], what the backward needs (q_, k_, v_, qq, kk, a, states
+    [NC + 1, N, H, K, V]: the state entering each chunk, then the final one), decays, layout."""
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    dtype = compute_dtype(q, k, v)
+    layout = ChunkLayout(b, t, cu_seqlens, chunk, q.device)
+    q_, k_, v_ = (layout.to_chunks(x, dtype) for x in (q, k, v))  # [NC, N, H, C, D]
+    dec = ChunkDecays(slope.to(device=q.device, dtype=dtype), layout.chunk_lens, chunk)
+    qq, kk = q_ * dec.qd, dec.scale_keys(k_)
+    a = torch.matmul(q_, k_.transpose(-1, -2)).mul_(dec.mask)  # [NC, N, H, C, C]
+    states = torch.empty(layout.nc + 1, layout.n, h, dk, dv, dtype=dtype, device=q.device)
+    if initial_state is None:
+        states[0].zero_()
+    else:
+        states[0].copy_(initial_state)
+    torch.matmul(kk.transpose(-1, -2), v_, out=states[1:])  # U_c, then scanned into S_{c+1}
+    for c in range(layout.nc):
+        states[c + 1].addcmul_(states[c], dec.bd[c])
+    o = _bmm_add_(torch.matmul(qq, states[:-1]), a, v_)  # [NC, N, H, C, V]
+    return layout.from_chunks(o, v.dtype), (q_, k_, v_, qq, kk, a, states), dec, layout
+
+
 class LightningChunkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slope, initial_state, cu_seqlens, chunk):
-        b, t, h, dk = q.shape
-        dv = v.shape[-1]
-        dtype = compute_dtype(q, k, v)
-        layout = ChunkLayout(b, t, cu_seqlens, chunk, q.device)
-        q_, k_, v_ = (layout.to_chunks(x, dtype) for x in (q, k, v))  # [NC, N, H, C, D]
-        dec = ChunkDecays(slope.to(device=q.device, dtype=dtype), layout.chunk_lens, chunk)
-        qq, kk = q_ * dec.qd, dec.scale_keys(k_)
-        a = torch.matmul(q_, k_.transpose(-1, -2)).mul_(dec.mask)  # [NC, N, H, C, C]
-        states = torch.empty(layout.nc + 1, layout.n, h, dk, dv, dtype=dtype, device=q.device)
-        if initial_state is None:
-            states[0].zero_()
-        else:
-            states[0].copy_(initial_state)
-        torch.matmul(kk.transpose(-1, -2), v_, out=states[1:])  # U_c, then scanned into S_{c+1}
-        for c in range(layout.nc):
-            states[c + 1].addcmul_(states[c], dec.bd[c])
-        o = _bmm_add_(torch.matmul(qq, states[:-1]), a, v_)  # [NC, N, H, C, V]
-        ctx.save_for_backward(q_, k_, v_, qq, kk, a, states)
+        o, saved, dec, layout = _chunk_forward(q, k, v, slope, initial_state, cu_seqlens, chunk)
+        ctx.save_for_backward(*saved)
         ctx.decays = dec
         ctx.layout = layout
         ctx.dtypes = (q.dtype, k.dtype, v.dtype, None if initial_state is None else initial_state.dtype)
-        final = states[-1].clone()
-        return layout.from_chunks(o, v.dtype), final
+        final = saved[-1][-1].clone()
+        return o, final
 
     @staticmethod
     def backward(ctx, do, dfinal):
@@ -197,13 +205,60 @@ def matmul_shapes(
     return fwd + (bwd if backward else [])
 
 
-def lightning_prefill_chunk(
+def _plain_prefill(
     q, k, v, slope, initial_state=None, output_final_state=False, cu_seqlens=None, chunk_size=None
 ):
     o, final = LightningChunkFunction.apply(
         q, k, v, slope, initial_state, cu_seqlens, chunk_size or DEFAULT_CHUNK
     )
     return o, (final if output_final_state else None)
+
+
+def states_inside_chunks(state_checkpoints, states, k_, v_, slope, t, cu_seqlens, chunk):
+    """The state after each checkpoint token, from the state entering its chunk -> [P, H, K, V].
+
+    For token i at offset j of chunk c (sequence n):  S_i = d^(j+1) S_c + sum_{m <= j} d^(j-m) k_m^T v_m,
+    d = exp(-s); only the P chunks that hold a checkpoint are read (a [P, H, C, K] gather)."""
+    if not state_checkpoints.numel():
+        return states.new_zeros(0, *states.shape[2:])
+    seq, pos = locate(state_checkpoints, t, cu_seqlens)  # [P], [P]
+    c, j = pos // chunk, pos % chunk
+    s = slope.to(device=k_.device, dtype=k_.dtype)[None, :, None]  # [1, H, 1]
+    rel = (j[:, None] - torch.arange(chunk, device=j.device)).to(k_.dtype)[:, None, :]  # [P, 1, C], j - m
+    # clamp: m > j would be exp of a positive number (overflow; those keys come after the token).
+    weight = torch.exp(-s * rel.clamp(min=0)) * (rel >= 0)  # [P, H, C]
+    carried = torch.exp(-s * (j[:, None, None] + 1).to(k_.dtype))[..., None]  # [P, H, 1, 1]
+    keys = k_[c, seq] * weight[..., None]  # [P, H, C, K]
+    return torch.baddbmm(  # [P, H, K, V]
+        (carried * states[c, seq]).flatten(0, 1),
+        keys.transpose(-1, -2).flatten(0, 1),
+        v_[c, seq].flatten(0, 1),
+    ).unflatten(0, (len(seq), -1))
+
+
+def lightning_prefill_chunk(
+    q, k, v, slope, initial_state=None, output_final_state=False, cu_seqlens=None, chunk_size=None,
+    state_checkpoints=None,
+):  # fmt: skip
+    """Without checkpoints, the autograd Function. With them and no gradients needed, one forward
+    pass that also reads the checkpoint states off its chunk states; a call that needs gradients
+    chains the Function over segments (checkpoints.py), which differentiates through the states."""
+    if state_checkpoints is None:
+        return _plain_prefill(q, k, v, slope, initial_state, output_final_state, cu_seqlens, chunk_size)
+    needs_grad = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (q, k, v, initial_state)
+    )
+    if needs_grad:
+        o, final, states = chain_segments(
+            _plain_prefill, q, k, v, slope, initial_state, cu_seqlens, chunk_size, state_checkpoints
+        )
+        return o, (final if output_final_state else None), states
+    chunk = chunk_size or DEFAULT_CHUNK
+    with torch.no_grad():
+        o, saved, _, _ = _chunk_forward(q, k, v, slope, initial_state, cu_seqlens, chunk)
+        k_, v_, states = saved[1], saved[2], saved[-1]
+        at = states_inside_chunks(state_checkpoints, states, k_, v_, slope, q.shape[1], cu_seqlens, chunk)
+    return o, (states[-1].clone() if output_final_state else None), at
 
 
 register_solution(

@@ -15,6 +15,7 @@ import torch
 
 from ..registry import register_solution
 from ..triton_support import next_pow2, triton_unavailable
+from .checkpoints import with_checkpoints
 from .ops import DECODE, PREFILL
 
 DEFAULT_CHUNK = 64
@@ -162,7 +163,12 @@ _kw = {
     "dtypes": (torch.float32, torch.bfloat16, torch.float16),
 }
 register_solution(
-    PREFILL, "triton", prefill_triton, backward=True, description="chunked, fla-style 4 kernels", **_kw
+    PREFILL,
+    "triton",
+    with_checkpoints(prefill_triton),  # state_checkpoints: chained over segments (checkpoints.py)
+    backward=True,
+    description="chunked, fla-style 4 kernels",
+    **_kw,
 )
 register_solution(
     DECODE, "triton", decode_triton, description="one fused state update per (seq, head)", **_kw
