@@ -8,8 +8,8 @@
           - {model: minimax-01, heads: 8, head_dim: 64, seq_len: [4096], dtype: [float32]}
 
 An entry starts from its model's fields, then its own keys override them. Every list value is a
-sweep: an entry expands to the cartesian product of its lists (a packed batch, `pack`, and the
-paged lengths, `seq_lens`, are lists of lists). Each op turns one expanded entry into a Workload
+sweep: an entry expands to the cartesian product of its lists (a packed batch, `pack`, the
+paged lengths, `seq_lens`, and lightning_prefill's token indices, `checkpoints`, are lists of lists). Each op turns one expanded entry into a Workload
 (`Definition.make_workload`) and rejects keys it does not know, naming them.
 """
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from attnlab.kernels import lightning_prefill, registry
 from attnlab.kernels.lightning.checkpoints import chain_segments
 from attnlab.kernels.lightning.torch_chunk import _plain_prefill
+from attnlab.kernels.tensors import relative_rmse
 
 SLOPE = torch.tensor([0.9, 0.1, 0.0])  # fast, slow, and no decay at all
 H, D = 3, 8
@@ -210,3 +211,26 @@ def test_torch_chunk_matches_the_reference_on_random_packs(lengths, chunk, picks
     close(states, states_ref)
     close(o, o_ref)
     close(final, final_ref)
+
+
+GPU_BACKENDS = ["fla", "triton"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fla's and Triton's kernels need a GPU")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_gpu_backends_chain_their_own_kernel(backend, name):
+    """On a GPU: fla and triton (segment chaining) against the float64 loop; fp32 runs its dots in
+    TF32 there, hence the harness's fp32 tolerance."""
+    sol = registry.solutions("lightning_prefill")[backend]
+    cuda = torch.device("cuda")
+    if sol.available(cuda) is not None:
+        pytest.skip(sol.available(cuda))
+    (q, k, v, h0, cu, points), bounds = case_inputs(name, True)
+    args = [x if x is None else x.to(cuda) for x in (q, k, v, SLOPE, h0, cu)]
+    o, final, states = lightning_prefill(*args[:5], True, args[5], 16, state_checkpoints=points.cuda(),
+                                         backend=backend)  # fmt: skip
+    o_ref, final_ref, after = loop(q, k, v, SLOPE, h0, bounds)
+    states_ref = torch.stack([after[i] for i in points.tolist()])
+    for x, ref in ((states, states_ref), (o.reshape(-1, H, D), o_ref), (final, final_ref)):
+        assert relative_rmse(ref, x.cpu()) < 2e-3

@@ -24,6 +24,12 @@ states saved by the forward (benchmark in kernels/BENCH_RESULTS.md).
 Layout: chunk-major [NC, N, H, C, D], so the states of all chunks, [NC + 1, N, H, K, V], are one
 contiguous buffer a batched matmul can write in place. Packed batches (`cu_seqlens`) are scattered
 into N zero-padded rows; a padded chunk has length n_c = 0, so it keeps the state (bd = 1, no keys).
+
+`state_checkpoints` (ops.py): the forward already holds S_c for every chunk, so the state after a
+token at offset j of chunk c is d^(j+1) S_c + sum_{m <= j} d^(j-m) k_m^T v_m (d = exp(-s)), one
+gathered matmul per checkpoint, in fp32 (`states_inside_chunks`); the call without checkpoints
+runs exactly as before. That path is forward-only: a call that needs gradients chains the
+autograd Function over segments instead (checkpoints.py), so gradients reach the states too.
 """
 
 from __future__ import annotations
