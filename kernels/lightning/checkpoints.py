@@ -74,21 +74,30 @@ def _segments(bounds: list[tuple[int, int]], cuts: list[int]) -> list[list[tuple
     return out
 
 
+def _span_index(spans: list[tuple[int, int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> the token indices of `spans`, concatenated [L], and their cu_seqlens [M + 1]: built on the
+    CPU in a few vector ops (not one arange per span) and moved to `device` once."""
+    lo = torch.tensor([a for a, _ in spans])
+    lens = torch.tensor([b - a for a, b in spans])
+    cu = torch.cat([lens.new_zeros(1), lens.cumsum(0)])
+    idx = torch.arange(int(cu[-1])) + torch.repeat_interleave(lo - cu[:-1], lens)
+    return idx.to(device), cu.to(device)
+
+
 def _run_group(prefill, q, k, v, slope, h0, spans, chunk_size, packs: bool):
     """One call of the backend over `spans` (lo, hi) of the flattened [1, B*T] tokens.
 
-    -> o [1, L, H, V] in token order of the spans, final [M, H, K, V]. A backend that cannot take
-    packs (`packs=False`) gets the spans as rows of one [M, L, ...] batch; they share a length."""
-    idx = torch.cat([torch.arange(lo, hi, device=q.device) for lo, hi in spans])  # [L]
+    -> o [1, L, H, V] in token order of the spans, final [M, H, K, V], the token indices [L]. A
+    backend that cannot take packs (`packs=False`) gets the spans as rows of one [M, L/M, ...]
+    batch; they share a length."""
+    idx, cu = _span_index(spans, q.device)
     if packs:
-        lens = torch.tensor([0] + [hi - lo for lo, hi in spans], device=q.device)
-        cu = lens.cumsum(0)  # [M + 1]
         o, final = prefill(q[:, idx], k[:, idx], v[:, idx], slope, h0, True, cu, chunk_size)
-        return o, final
+        return o, final, idx
     m = len(spans)
     rows = [x[0, idx].view(m, -1, *x.shape[2:]) for x in (q, k, v)]  # [M, L/M, H, D]
     o, final = prefill(*rows, slope, h0, True, None, chunk_size)
-    return o.reshape(1, -1, *o.shape[2:]), final
+    return o.reshape(1, -1, *o.shape[2:]), final, idx
 
 
 def _rounds(segments: list[list[tuple[int, int]]], packs: bool):
@@ -132,9 +141,9 @@ def chain_segments(
     for members in _rounds(_segments(bounds, cuts), packs):
         spans = [span for _, span in members]
         h0 = torch.stack([current[n] for n, _ in members])  # [M, H, K, V]
-        o, final = _run_group(prefill, *flat, slope, h0, spans, chunk_size, packs)
+        o, final, idx = _run_group(prefill, *flat, slope, h0, spans, chunk_size, packs)
         outs.append(o)
-        order += [torch.arange(lo, hi, device=q.device) for lo, hi in spans]
+        order.append(idx)
         for j, (n, (_, hi)) in enumerate(members):
             current[n] = final[j]
             if hi - 1 in cut_set:

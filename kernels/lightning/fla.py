@@ -103,9 +103,11 @@ def decode_fla_naive(q, k, v, slope, state=None):
 
 
 def _no_packs(call: dict) -> str | None:
-    return (
-        "fla's naive code has no cu_seqlens (packed batches)" if call.get("cu_seqlens") is not None else None
-    )
+    """fla's naive code has no cu_seqlens; with state_checkpoints the segment chaining runs a pack
+    as batches of equal-length segments, so those calls it takes."""
+    if call.get("cu_seqlens") is not None and call.get("state_checkpoints") is None:
+        return "fla's naive code has no cu_seqlens (packed batches) unless state_checkpoints are asked for"
+    return None
 
 
 _fla = {
