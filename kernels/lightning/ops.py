@@ -30,7 +30,7 @@ import torch
 from .. import dispatch
 from ..definition import Definition, Workload
 from ..registry import register_definition, register_solution
-from ..tensors import random_tensor, torch_dtype
+from ..tensors import compute_dtype, random_tensor, torch_dtype
 from ..workloads import HARNESS_DEFAULTS, dtype_input, harness_fields, short_dtype, take
 from .checkpoints import check_state_checkpoints, sequence_bounds
 from .reference import lightning_recurrent_kept
@@ -68,7 +68,9 @@ def prefill_reference(
     if state_checkpoints is None:
         return o, final
     states = (
-        torch.stack([kept[i] for i in wanted]) if wanted else o.new_zeros(0, h, dk, dv, dtype=torch.float32)
+        torch.stack([kept[i] for i in wanted])
+        if wanted
+        else o.new_zeros(0, h, dk, dv, dtype=compute_dtype(q, k, v))
     )
     return o, final, states  # states [P, H, K, V]
 
