@@ -26,6 +26,17 @@ def triton_unavailable(device: torch.device) -> str | None:
     return "Triton kernels need a CUDA device (or TRITON_INTERPRET=1 set before import, for a CPU check)"
 
 
+# What every Triton solution registers with (register_solution's keywords): a GPU kernel that
+# reports itself unavailable without Triton or a device; `dtypes` the float types its tiles take.
+TRITON_SOLUTION = {
+    "language": "triton",
+    "target_hardware": ["cuda"],
+    "dependencies": ["torch", "triton"],
+    "available": triton_unavailable,
+}
+HALF_AND_FULL = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def next_pow2(n: int, lo: int = 16) -> int:
     """The smallest power of two >= n and >= lo: `tl.arange` tiles must be powers of two."""
     return max(lo, 1 << (max(n, 1) - 1).bit_length())

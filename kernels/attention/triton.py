@@ -4,10 +4,8 @@ that needs gradients is dispatched to a backend with a backward.
 
 from __future__ import annotations
 
-import torch
-
 from ..registry import register_solution
-from ..triton_support import next_pow2, triton_unavailable
+from ..triton_support import HALF_AND_FULL, TRITON_SOLUTION, next_pow2
 from .ops import SWA, default_scale
 
 MAX_HEAD_DIM = 256
@@ -35,13 +33,7 @@ def _swa_fits(call: dict) -> str | None:
     return None if max(d, dv) <= MAX_HEAD_DIM else f"head dims {d}, {dv} > {MAX_HEAD_DIM}"
 
 
-_kw = {
-    "language": "triton",
-    "target_hardware": ["cuda"],
-    "dependencies": ["torch", "triton"],
-    "available": triton_unavailable,
-    "dtypes": (torch.float32, torch.bfloat16, torch.float16),
-}
+_kw = {**TRITON_SOLUTION, "dtypes": HALF_AND_FULL}
 register_solution(
     SWA, "triton", swa_prefill_triton, supports=_swa_fits, description="flash fwd, window + sinks", **_kw
 )

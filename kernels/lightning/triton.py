@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_solution
-from ..triton_support import next_pow2, triton_unavailable
+from ..triton_support import HALF_AND_FULL, TRITON_SOLUTION, next_pow2
 from .checkpoints import with_checkpoints
 from .ops import DECODE, PREFILL
 
@@ -154,14 +154,7 @@ def _head_dims_fit(call: dict) -> str | None:
     return None
 
 
-_kw = {
-    "language": "triton",
-    "target_hardware": ["cuda"],
-    "dependencies": ["torch", "triton"],
-    "available": triton_unavailable,
-    "supports": _head_dims_fit,
-    "dtypes": (torch.float32, torch.bfloat16, torch.float16),
-}
+_kw = {**TRITON_SOLUTION, "supports": _head_dims_fit, "dtypes": HALF_AND_FULL}
 register_solution(
     PREFILL,
     "triton",

@@ -5,11 +5,9 @@ backward.
 
 from __future__ import annotations
 
-import torch
-
 from ..attention.ops import default_scale
 from ..registry import register_solution
-from ..triton_support import next_pow2, triton_unavailable
+from ..triton_support import HALF_AND_FULL, TRITON_SOLUTION, next_pow2
 from .ops import PAGED
 
 MAX_HEAD_DIM = 256
@@ -44,12 +42,6 @@ def _paged_fits(call: dict) -> str | None:
     return None if max(d, dv) <= MAX_HEAD_DIM else f"head dims {d}, {dv} > {MAX_HEAD_DIM}"
 
 
-_kw = {
-    "language": "triton",
-    "target_hardware": ["cuda"],
-    "dependencies": ["torch", "triton"],
-    "available": triton_unavailable,
-    "dtypes": (torch.float32, torch.bfloat16, torch.float16),
-}
+_kw = {**TRITON_SOLUTION, "dtypes": HALF_AND_FULL}
 register_solution(PAGED, "triton", paged_attn_decode_triton, supports=_paged_fits,
                   description="one program per (seq, kv head), window", **_kw)  # fmt: skip

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import register_solution
-from ..triton_support import next_pow2, triton_unavailable
+from ..triton_support import HALF_AND_FULL, TRITON_SOLUTION, next_pow2
 from .ops import FLOAT_GRID, LOAD, STORAGE_DTYPES, STORE, scale_shape
 
 BLOCK = 1024
@@ -60,8 +60,9 @@ try:
 except ImportError:  # the backend reports itself unavailable (triton_unavailable)
     triton = None
 
-_kw = {"language": "triton", "target_hardware": ["cuda"], "dependencies": ["torch", "triton"],
-       "available": triton_unavailable}  # fmt: skip
-register_solution(STORE, "triton", store_triton, dtypes=(torch.float32,), description="one pass", **_kw)
-register_solution(LOAD, "triton", load_triton, dtypes=(torch.float32, torch.bfloat16, torch.float16),
-                  description="one pass", **_kw)  # fmt: skip
+register_solution(
+    STORE, "triton", store_triton, dtypes=(torch.float32,), description="one pass", **TRITON_SOLUTION
+)
+register_solution(
+    LOAD, "triton", load_triton, dtypes=HALF_AND_FULL, description="one pass", **TRITON_SOLUTION
+)
