@@ -61,6 +61,9 @@ def cmd_study(args) -> int:
     command = default_command()
     resume_hint = f"{command} --resume" if "--resume" not in command else command
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a scheduler's stop: same as Ctrl-C
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the stages print their own lines; not a bar per model load
     try:
         run_study(study, args.out, args.resume, command, progress=not args.no_progress)
     except StudyError as err:
