@@ -104,6 +104,18 @@ def short_dtype(dtype: str) -> str:
     return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}.get(dtype, dtype)
 
 
+def window_and_sinks(values: dict, inputs: dict) -> str:
+    """Add a softmax workload's optional `window` and `sinks` inputs -> their part of its label."""
+    label = ""
+    if values["window"] is not None:
+        inputs["window"] = {"type": "scalar", "value": values["window"]}
+        label += f" W{values['window']}"
+    if values["sinks"]:
+        inputs["sinks"] = dtype_input(values["dtype"])
+        label += " sinks"
+    return label
+
+
 def harness_fields(values: dict, where: str) -> dict:
     """The `reference` and `skip` keys every op accepts -> Workload keyword arguments."""
     skip = values.get("skip") or ""

@@ -20,7 +20,7 @@ from .. import dispatch
 from ..definition import Definition, Workload
 from ..registry import register_definition, register_solution
 from ..tensors import random_tensor, torch_dtype
-from ..workloads import HARNESS_DEFAULTS, dtype_input, harness_fields, short_dtype, take
+from ..workloads import HARNESS_DEFAULTS, dtype_input, harness_fields, short_dtype, take, window_and_sinks
 from .reference import attention_probs
 
 SWA = "swa_prefill"
@@ -107,12 +107,7 @@ def swa_workload(entry: dict, where: str) -> Workload:
     tq = f["q_len"] or tk
     inputs = {name: dtype_input(f["dtype"]) for name in ("q", "k", "v")}
     label = f"B{f['batch']} T{tk}" + (f" q{tq}" if tq != tk else "") + f" H{h}/{hkv} D{d}"
-    if f["window"] is not None:
-        inputs["window"] = {"type": "scalar", "value": f["window"]}
-        label += f" W{f['window']}"
-    if f["sinks"]:
-        inputs["sinks"] = dtype_input(f["dtype"])
-        label += " sinks"
+    label += window_and_sinks(f, inputs)
     return Workload(axes={"B": f["batch"], "Tq": tq, "Tk": tk, "H": h, "Hkv": hkv, "D": d, "Dv": d},
                     inputs=inputs, label=f"{label} {short_dtype(f['dtype'])}", source=entry.get("model", ""),
                     **harness_fields(f, where))  # fmt: skip

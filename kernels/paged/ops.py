@@ -37,7 +37,7 @@ from ..attention.ops import check_heads, check_window, swa_reference
 from ..definition import Definition, Workload
 from ..registry import register_definition, register_solution
 from ..tensors import random_tensor, torch_dtype
-from ..workloads import HARNESS_DEFAULTS, dtype_input, harness_fields, short_dtype, take
+from ..workloads import HARNESS_DEFAULTS, dtype_input, harness_fields, short_dtype, take, window_and_sinks
 from .cache import first_key, random_block_table, sequence_kv
 
 PAGED, PREFILL = "paged_attn_decode", "paged_attn_prefill"
@@ -144,12 +144,7 @@ def paged_workload(entry: dict, where: str) -> Workload:
               "k_cache": dtype_input(f["dtype"]), "v_cache": dtype_input(f["dtype"]),
               "block_table": {"type": "generated", "how": "random permutation of pages"}}  # fmt: skip
     label = f"N{len(lens)} len≤{max(lens)} page{page} H{h}/{hkv} D{d}"
-    if f["window"] is not None:
-        inputs["window"] = {"type": "scalar", "value": f["window"]}
-        label += f" W{f['window']}"
-    if f["sinks"]:
-        inputs["sinks"] = dtype_input(f["dtype"])
-        label += " sinks"
+    label += window_and_sinks(f, inputs)
     axes = {"N": len(lens), "H": h, "Hkv": hkv, "D": d, "Dv": d, "P": sum(pages) + 3, "page": page,
             "max_pages": max(pages)}  # fmt: skip
     return Workload(axes=axes, inputs=inputs, label=f"{label} {short_dtype(f['dtype'])}",
@@ -306,12 +301,7 @@ def prefill_workload(entry: dict, where: str) -> Workload:
               "k_cache": dtype_input(f["dtype"]), "v_cache": dtype_input(f["dtype"]),
               "block_table": {"type": "generated", "how": "random permutation of pages"}}  # fmt: skip
     label = f"N{len(lens)} T{sum(q_lens)} len≤{max(lens)} page{page} H{h}/{hkv} D{d}"
-    if f["window"] is not None:
-        inputs["window"] = {"type": "scalar", "value": f["window"]}
-        label += f" W{f['window']}"
-    if f["sinks"]:
-        inputs["sinks"] = dtype_input(f["dtype"])
-        label += " sinks"
+    label += window_and_sinks(f, inputs)
     axes = {"T": sum(q_lens), "N": len(lens), "H": h, "Hkv": hkv, "D": d, "Dv": d, "P": sum(pages) + 3,
             "page": page, "max_pages": max(pages)}  # fmt: skip
     return Workload(axes=axes, inputs=inputs, label=f"{label} {short_dtype(f['dtype'])}",
