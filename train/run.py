@@ -27,7 +27,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ..kernels import backends_used, kernel_choice
+from ..kernels import backends_used, kernel_choice, kernel_record
 from .callbacks import MetricsLog
 from .checkpoints import StopOnSignal, resume_checkpoint
 from .config import TrainConfig, dump_config, load_config
@@ -68,7 +68,7 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback
         result = run_result(cfg, trainer, module, data, log, stop, ckpt_path)
         if result["status"] == "finished":
             finish(trainer, module, datamodule, data, run_dir, result)
-        result["kernels"] = {"choice": choice.to_json(), "used": backends_used()}
+        result["kernels"] = kernel_record()  # the choice in force (this run's) and what ran
     result["wall_s"] = time.perf_counter() - started
     if trainer.is_global_zero:
         write_json(run_dir / "result.json", result)
