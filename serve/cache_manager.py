@@ -26,8 +26,10 @@ import torch
 from ..archs import CompositeSpec, KVSpec, LatentSpec, RecurrentSpec
 from ..kernels import STORAGE_DTYPES, scale_shape, state_group, stored_state_bytes
 from .config import EngineConfig, parse_memory
+from .prefix_cache import PrefixCache
+from .state_checkpoints import CheckpointStore, PageArena
 
-PAGED, SLOTS = "paged", "slots"
+PAGED, SLOTS, CHECKPOINTS = "paged", "slots", "checkpoints"
 
 
 def window_group(window: int) -> str:
@@ -54,11 +56,14 @@ def token_bytes(spec, elem: int) -> int:
 
 
 class BlockPool:
-    """Free list of block (or slot) ids 0..n-1."""
+    """Reference-counted block (or slot, or page) ids 0..n-1. Without prefix caching every id has
+    one owner; with it, a block of a cached prefix is also held by the prefix tree and by every
+    request that hit it, and returns to the free list when the last of them lets go."""
 
     def __init__(self, n: int):
         self.capacity = n
         self.free_ids = list(range(n - 1, -1, -1))  # pop() hands out low ids first
+        self.refs = [0] * n
 
     @property
     def num_free(self) -> int:
@@ -66,10 +71,23 @@ class BlockPool:
 
     def take(self, n: int) -> list[int]:
         assert n <= len(self.free_ids)
-        return [self.free_ids.pop() for _ in range(n)]
+        ids = [self.free_ids.pop() for _ in range(n)]
+        for i in ids:
+            self.refs[i] = 1
+        return ids
+
+    def ref(self, i: int) -> None:
+        assert self.refs[i] > 0, f"block {i} is free"
+        self.refs[i] += 1
 
     def give(self, ids) -> None:
-        self.free_ids.extend(i for i in ids if i >= 0)
+        for i in ids:
+            if i < 0:
+                continue
+            assert self.refs[i] > 0, f"block {i} given back twice"
+            self.refs[i] -= 1
+            if self.refs[i] == 0:
+                self.free_ids.append(i)
 
 
 @dataclass
@@ -107,15 +125,30 @@ class StateSlots:
 
 @dataclass
 class Holding:
-    """What one request holds: a block table per block group (-1: freed behind the window), a slot."""
+    """What one request holds: a block table per block group (-1: freed behind the window), a slot,
+    and with prefix caching its place in the prefix tree (prefix_cache.py)."""
 
     tables: dict[str, list[int]] = field(default_factory=dict)
     slot: int | None = None
+    node: object = None  # the tree node its computed whole blocks reach
+    cached_blocks: int = 0  # blocks on the tree's path (hit or inserted)
+    num_cached: int = 0  # tokens it found cached at admission
+    branch: int | None = None  # a branch point it passes (tokens): a checkpoint goes there
+    output_checkpoint: object = None  # the node of its latest sequence-end checkpoint
 
 
 class CacheManager:
-    def __init__(self, specs: list, config: EngineConfig, dtype: torch.dtype, device, max_model_len: int):
-        """specs: one cache spec per model layer (`mixer.cache_spec()`)."""
+    def __init__(
+        self,
+        specs: list,
+        config: EngineConfig,
+        dtype: torch.dtype,
+        device,
+        max_model_len: int,
+        prefill_cost=None,
+    ):
+        """specs: one cache spec per model layer (`mixer.cache_spec()`); prefill_cost(start, end):
+        FLOPs of prefilling tokens [start, end) (flops.PrefillCost), for prefix caching's eviction."""
         self.config, self.device, self.dtype = config, torch.device(device), dtype
         self.block_size = bs = config.block_size
         elem = torch.empty((), dtype=dtype).element_size()
@@ -158,6 +191,7 @@ class CacheManager:
             self.pools[PAGED] = BlockPool(left // (bs * self.token_bytes[PAGED]))
         self.slots = BlockPool(self.max_seqs if self.slot_bytes else 0)
         self.holdings: dict[str, Holding] = {}
+        self.group_tensors: dict[str, list[torch.Tensor]] = {g: [] for g in self.pools}
         self.storage = [self._allocate(spec) for spec in specs]  # per layer, mirrors the spec tree
         self._recurrent = [
             slots
@@ -167,6 +201,32 @@ class CacheManager:
         ]
         for i, slots in enumerate(self._recurrent):
             slots.seed = i
+        self.prefix = self.checkpoints = None
+        self.checkpoint_pool_name = CHECKPOINTS
+        if config.enable_prefix_caching:
+            if self._recurrent:
+                self._checkpoint_arena(budget - self.max_seqs * per_seq - extra)
+            self.prefix = PrefixCache(
+                self,
+                prefill_cost or (lambda start, end: float(end - start)),
+                config.prefix_eviction,
+                config.prefix_eviction_alpha,
+                config.state_checkpoint_interval,
+            )
+
+    def _checkpoint_arena(self, left: int) -> None:
+        """Checkpoints live in the paged pool's pages when there is one (they and KV blocks compete
+        for the same bytes), else in checkpoint-sized pages of their own from the rest of the budget."""
+        if PAGED in self.pools:
+            arena, self.checkpoint_pool_name = PageArena(self.group_tensors[PAGED]), PAGED
+        else:
+            n = max(0, left) // self.slot_bytes
+            self.checkpoint_pool = BlockPool(n)
+            page = torch.zeros(n, self.slot_bytes, dtype=torch.uint8, device=self.device)
+            arena = PageArena([page])
+            self._checkpoint_pages = page
+        self.checkpoints = CheckpointStore(arena, self._recurrent)
+        assert self.checkpoints.checkpoint_bytes == self.slot_bytes
 
     # --- storage ---------------------------------------------------------------------------------
     def _allocate(self, spec):
@@ -177,12 +237,15 @@ class CacheManager:
             return StateSlots.allocate(self.slots.capacity, spec, self.config, self.device)
         n = self.pools[group].capacity
         if isinstance(spec, LatentSpec):  # [c_kv | k_pe] per token: one page tensor
-            return torch.zeros(n, bs, spec.latent_dim + spec.rope_dim, dtype=self.dtype, device=self.device)
+            pages = torch.zeros(n, bs, spec.latent_dim + spec.rope_dim, dtype=self.dtype, device=self.device)
+            self.group_tensors[group].append(pages)
+            return pages
         # Head-major pages [P, Hkv, block, D]: a decode kernel reading one (sequence, head) walks
         # contiguous [block, D] runs instead of a D-wide slice of every token row (1.8x faster on
         # a cold cache here). The ops see them as [P, block, Hkv, D] views.
         k = torch.zeros(n, spec.num_kv_heads, bs, spec.head_dim, dtype=self.dtype, device=self.device)
         v = torch.zeros(n, spec.num_kv_heads, bs, spec.value_dim, dtype=self.dtype, device=self.device)
+        self.group_tensors[group] += [k, v]
         return k, v
 
     def allocated_bytes(self) -> int:
@@ -193,7 +256,33 @@ class CacheManager:
                 return x.nbytes()
             return sum(size(y) for y in x)
 
-        return sum(size(s) for s in self.storage)
+        extra = getattr(self, "_checkpoint_pages", None)
+        return sum(size(s) for s in self.storage) + (0 if extra is None else size(extra))
+
+    # --- pools -----------------------------------------------------------------------------------
+    def pool(self, name: str) -> BlockPool:
+        return self.checkpoint_pool if name == CHECKPOINTS else self.pools[name]
+
+    def all_pool_names(self) -> list[str]:
+        names = list(self.pools)
+        return names + [CHECKPOINTS] if hasattr(self, "checkpoint_pool") else names
+
+    def block_bytes(self, group: str) -> int:
+        return self.block_size * self.token_bytes[group]
+
+    def copy_block(self, group: str, src: int, dst: int) -> None:
+        for t in self.group_tensors[group]:
+            t[dst] = t[src]
+
+    def reclaim(self, need: dict[str, int]) -> bool:
+        """Make `need` ids free in each named pool, evicting cached prefixes (never a running
+        request's blocks); False if the prefix cache cannot free enough."""
+        while True:
+            short = {name for name, n in need.items() if self.pool(name).num_free < n}
+            if not short:
+                return True
+            if self.prefix is None or not self.prefix.evict(short):
+                return False
 
     # --- per request -----------------------------------------------------------------------------
     def _new_blocks(self, holding: Holding | None, end: int) -> dict[str, int]:
@@ -204,12 +293,12 @@ class CacheManager:
             need[g] = max(0, math.ceil(end / self.block_size) - have)
         return need
 
-    def can_admit(self, n: int) -> bool:
-        if self.slot_bytes and self.slots.num_free == 0:
-            return False
-        return all(self.pools[g].num_free >= k for g, k in self._new_blocks(None, n).items())
+    def has_free_slot(self) -> bool:
+        return not self.slot_bytes or self.slots.num_free > 0
 
-    def admit(self, request_id: str) -> None:
+    def admit(self, request_id: str, tokens: list[int] | None = None) -> int:
+        """Take a slot (call has_free_slot first); with prefix caching share the longest cached
+        prefix of `tokens` and restore its state. -> tokens the request need not compute."""
         assert request_id not in self.holdings
         holding = Holding(tables={g: [] for g in self.pools})
         if self.slot_bytes:
@@ -217,6 +306,9 @@ class CacheManager:
             for layer in self._recurrent:
                 layer.zero(holding.slot)  # a new sequence starts from the zero state
         self.holdings[request_id] = holding
+        if self.prefix is None or tokens is None:
+            return 0
+        return self.prefix.acquire(holding, tokens)
 
     def recurrent_storage(self) -> list[StateSlots]:
         """The state slots of every recurrent layer (or part), in layer order."""
@@ -235,8 +327,8 @@ class CacheManager:
                     table[b] = -1
 
     def can_extend(self, request_id: str, start: int, n: int) -> bool:
-        holding = self.holdings[request_id]
-        return all(self.pools[g].num_free >= k for g, k in self._new_blocks(holding, start + n).items())
+        """Whether the blocks for tokens up to start + n can be had, evicting cached prefixes first."""
+        return self.reclaim(self._new_blocks(self.holdings[request_id], start + n))
 
     def extend(self, request_id: str, start: int, n: int) -> None:
         """Cover tokens up to start + n (call can_extend first)."""
@@ -248,6 +340,8 @@ class CacheManager:
         holding = self.holdings.pop(request_id, None)
         if holding is None:
             return
+        if self.prefix is not None:
+            self.prefix.release(holding)
         for g, table in holding.tables.items():
             self.pools[g].give(table)
         if holding.slot is not None:
@@ -264,11 +358,11 @@ class CacheManager:
 
     def usage(self) -> dict[str, tuple[int, int]]:
         """(used, free) per pool: block groups ('paged', 'window:W') and 'slots'."""
-        pools = {**self.pools, SLOTS: self.slots}
+        pools = {name: self.pool(name) for name in self.all_pool_names()} | {SLOTS: self.slots}
         return {name: (p.capacity - p.num_free, p.num_free) for name, p in pools.items()}
 
     def all_free(self) -> bool:
-        pools = [*self.pools.values(), self.slots]
+        pools = [*(self.pool(n) for n in self.all_pool_names()), self.slots]
         return not self.holdings and all(p.num_free == p.capacity for p in pools)
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..common import check_choice, check_positive_int
+from ..common import check_bool, check_choice, check_positive_int
 from ..kernels import ROUNDINGS, SCALE_GROUPS, STORAGE_DTYPES
+from .prefix_cache import EVICTION_POLICIES
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -58,6 +59,13 @@ class EngineConfig:
     state_dtype: str = "fp32"
     state_rounding: str = "nearest"
     state_scales: str = "row"
+    # Prefix caching (docs/prefix_caching.md): share cached prefixes' blocks and recurrent-state
+    # checkpoints; evict by recency + alpha * FLOPs saved per byte ("cost", Marconi) or by "lru";
+    # checkpoints where they pay, or every `state_checkpoint_interval` tokens (a block multiple).
+    enable_prefix_caching: bool = False
+    prefix_eviction: str = "cost"
+    prefix_eviction_alpha: float = 1.0
+    state_checkpoint_interval: int | None = None
 
     def __post_init__(self):
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
@@ -73,6 +81,18 @@ class EngineConfig:
             ("state_scales", SCALE_GROUPS),
         ):
             check_choice(getattr(self, name), allowed, name)
+        check_bool(self.enable_prefix_caching, "enable_prefix_caching")
+        check_choice(self.prefix_eviction, PREFIX_EVICTION, "prefix_eviction")
+        alpha = self.prefix_eviction_alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < float("inf"):
+            raise ValueError(f"prefix_eviction_alpha = {alpha!r}: must be a number >= 0")
+        if self.state_checkpoint_interval is not None:
+            check_positive_int(self.state_checkpoint_interval, "state_checkpoint_interval")
+            if self.state_checkpoint_interval % self.block_size:
+                raise ValueError(
+                    f"state_checkpoint_interval = {self.state_checkpoint_interval}: must be a multiple of "
+                    f"block_size = {self.block_size} (checkpoints sit on block boundaries)"
+                )
         if self.state_dtype == "fp32" and self.state_rounding != "nearest":
             raise ValueError(
                 "state_rounding = 'stochastic' needs state_dtype bf16, fp16 or int8 (fp32 stores exactly)"
@@ -80,3 +100,4 @@ class EngineConfig:
 
 
 STATE_DTYPES = STORAGE_DTYPES
+PREFIX_EVICTION = EVICTION_POLICIES

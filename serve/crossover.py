@@ -38,6 +38,7 @@ from .bench import copy_bandwidth, matmul_rate, random_model, sync
 from .cache_manager import PAGED, CacheManager
 from .config import EngineConfig, device_memory
 from .engine import LLMEngine
+from .flops import step_flops
 from .request import Status
 from .sampling import SamplingParams
 
@@ -247,37 +248,6 @@ def machine_rates(device: str, hidden: int) -> dict:
         "memory_bandwidth_bytes_per_s": copy_bandwidth(device),
         "matmul_flops_per_s": matmul_rate(2048, hidden, 4 * hidden, device=device),
     }
-
-
-def attended_keys(context: int, tokens: int, window: int | None) -> int:
-    """Sum over the last `tokens` queries of a `context`-token sequence of the keys each sees."""
-    lo, hi = context - tokens + 1, context  # each query sees its own position's count of keys
-    if window is None or hi <= window:
-        return (lo + hi) * tokens // 2
-    if lo >= window:
-        return window * tokens
-    return (lo + window) * (window - lo + 1) // 2 + window * (hi - window)
-
-
-def step_flops(model, context: int, tokens: int) -> float:
-    """FLOPs of the last `tokens` tokens of a `context`-token sequence: 2 per weight and token, q.k
-    and p.v over the keys each layer reads (MLA absorbed: keys of R + Dr, values of R), and
-    lightning's state read and update (4 per state element and token)."""
-    weights = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
-    total = 2.0 * weights * tokens
-    for mixer in model.mixers():
-        spec = mixer.cache_spec()
-        heads = getattr(mixer.spec, "num_heads", 1)
-        if type(spec).__name__ == "RecurrentSpec":
-            total += 4.0 * spec.num_heads * spec.key_dim * spec.value_dim * tokens
-        elif type(spec).__name__ == "KVSpec":
-            total += (
-                2.0 * heads * (spec.head_dim + spec.value_dim) * attended_keys(context, tokens, spec.window)
-            )
-        elif type(spec).__name__ == "LatentSpec":
-            per_key = 2 * spec.latent_dim + spec.rope_dim
-            total += 2.0 * heads * per_key * attended_keys(context, tokens, None)
-    return total
 
 
 def roofline(model, rates: dict, context: int, batch: int, tokens: int) -> float:

@@ -16,6 +16,7 @@ import torch
 
 from .cache_manager import CacheManager
 from .config import EngineConfig
+from .flops import PrefillCost
 from .model_runner import ModelRunner
 from .request import Metrics, Request, RequestOutput, Status, now
 from .sampling import SamplingParams, sample
@@ -30,7 +31,8 @@ class LLMEngine:
         device = next(model.parameters()).device
         self.max_model_len = config.max_model_len or model.config.max_position_embeddings
         specs = [m.cache_spec() for m in model.mixers()]
-        self.cache = CacheManager(specs, config, model.dtype, device, self.max_model_len)
+        cost = PrefillCost(model).span if config.enable_prefix_caching else None
+        self.cache = CacheManager(specs, config, model.dtype, device, self.max_model_len, cost)
         self.scheduler = Scheduler(self.cache, config.max_num_batched_tokens)
         self.runner = ModelRunner(model, self.cache)
         self.requests: dict[str, Request] = {}
@@ -118,9 +120,21 @@ class LLMEngine:
         for req, _ in scheduled:
             if req.metrics.first_scheduled_time is None:
                 req.metrics.first_scheduled_time = t0
-        logits = self.runner.run(scheduled)  # [N, V]
+        captures = self._plan_checkpoints(scheduled)
+        try:
+            logits = self.runner.run(scheduled, captures)  # [N, V]
+        except BaseException:
+            for _, _, pages in captures:
+                self.cache.prefix.free_pages(pages)
+            raise
+        prefix = self.cache.prefix
         for req, n in scheduled:
             req.num_computed += n
+            if prefix is not None:
+                prefix.insert(self.cache.holdings[req.request_id], req.all_token_ids, req.num_computed)
+        for req, at, pages in captures:
+            prefix.attach(self.cache.holdings[req.request_id], at, pages, len(req.prompt_token_ids))
+        for req, _ in scheduled:
             self.cache.trim(req.request_id, req.num_computed)
         done = [i for i, (req, _) in enumerate(scheduled) if req.num_computed == req.num_tokens]
         if not done:
@@ -152,6 +166,22 @@ class LLMEngine:
                 self.requests.pop(req.request_id, None)
             outputs.append(self.output(req))
         return outputs
+
+    def _plan_checkpoints(self, scheduled) -> list[tuple[Request, int, list[int]]]:
+        """Prefix caching on a model with recurrent layers: the block boundaries this step reaches
+        where a request's state is worth keeping (prefix_cache.py), each with its pages."""
+        prefix, bs = self.cache.prefix, self.cache.block_size
+        if prefix is None or self.cache.checkpoints is None:
+            return []
+        captures = []
+        for req, n in scheduled:
+            holding, start = self.cache.holdings[req.request_id], req.num_computed
+            for at in range((start // bs + 1) * bs, start + n + 1, bs):
+                if prefix.wants_checkpoint(holding, req.all_token_ids, len(req.prompt_token_ids), at):
+                    pages = prefix.take_checkpoint_pages()
+                    if pages is not None:
+                        captures.append((req, at, pages))
+        return captures
 
     def _check_stop(self, req: Request) -> None:
         p, token, n = req.params, req.output_token_ids[-1], len(req.output_token_ids)
@@ -189,4 +219,5 @@ class LLMEngine:
             metrics=req.metrics,
             logprobs=req.output_logprobs if req.params.logprobs is not None else None,
             num_preemptions=req.num_preemptions,
+            num_cached_tokens=req.num_cached_tokens,
         )

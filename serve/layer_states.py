@@ -9,7 +9,7 @@ per-sequence tensor here (the ops' backends decide how to read pages).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -36,6 +36,9 @@ class StepBatch:
     write_at: dict[str, tuple[torch.Tensor, torch.Tensor]]  # group -> page [T], offset in page [T]
     slot_ids: torch.Tensor | None  # [N] int64: recurrent slot of each sequence
     num_tokens: int
+    # Prefix caching: store the recurrent state after token `row` of the step into checkpoint
+    # pages (state_checkpoints.py), for each (row, pages).
+    captures: list[tuple[int, list[int]]] = field(default_factory=list)
 
 
 class StepHolder:
@@ -120,6 +123,7 @@ class SlotRecurrent(EngineState):
         self.slots = slots
         self.storage_dtype = slots.values.dtype
         self.stores = 0  # stochastic rounding draws a fresh seed for every store
+        self.checkpoints, self.checkpoint_layer = None, None  # prefix caching: set by the runner
 
     def load(self, ids: torch.Tensor) -> torch.Tensor:
         """fp32 states [n, H, K, V] of slots `ids`."""
@@ -150,12 +154,21 @@ class SlotRecurrent(EngineState):
         if nd:
             o, state = lightning_decode(q[0, :nd], k[0, :nd], v[0, :nd], slope, self.load(ids[:nd]))
             self.store(ids[:nd], state)
+            for row, pages in step.captures:
+                if row < nd:
+                    self.checkpoints.save_state(self.checkpoint_layer, pages, state[row])
             outs.append(o)
         if nd < step.num_tokens:
             initial = self.load(ids[nd:])
-            o, final = lightning_prefill(
-                q[:, nd:], k[:, nd:], v[:, nd:], slope, initial, True, step.cu_prefill, chunk_size
-            )
+            args = (q[:, nd:], k[:, nd:], v[:, nd:], slope, initial, True, step.cu_prefill, chunk_size)
+            caps = [(row - nd, pages) for row, pages in step.captures if row >= nd]
+            if caps:
+                at = torch.tensor([row for row, _ in caps], dtype=torch.int64, device=q.device)
+                o, final, states = lightning_prefill(*args, state_checkpoints=at)
+                for (_, pages), state in zip(caps, states, strict=True):
+                    self.checkpoints.save_state(self.checkpoint_layer, pages, state)
+            else:
+                o, final = lightning_prefill(*args)
             self.store(ids[nd:], final)
             outs.append(o[0])
         return (outs[0] if len(outs) == 1 else torch.cat(outs))[None]  # [1, T, H, V]
@@ -181,3 +194,8 @@ def build_state(spec, storage, holder: StepHolder):
         return PagedLatent(holder, storage, spec.latent_dim)
     assert isinstance(spec, KVSpec)
     return PagedKV(holder, spec_group(spec), *storage)
+
+
+def flat_states(states: list) -> list:
+    """Every leaf engine state, composites opened, in layer order."""
+    return [leaf for s in states for leaf in (flat_states(s.parts) if isinstance(s, Composite) else [s])]

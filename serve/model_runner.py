@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .cache_manager import CacheManager
-from .layer_states import StepBatch, StepHolder, build_state
+from .layer_states import SlotRecurrent, StepBatch, StepHolder, build_state, flat_states
 from .request import Request
 
 
@@ -22,9 +22,15 @@ class ModelRunner:
         self.states = [
             build_state(s, st, self.holder) for s, st in zip(cache.layer_specs, cache.storage, strict=True)
         ]
+        if cache.checkpoints is not None:  # prefix caching: where each recurrent layer's bytes go
+            layer_of = {id(slots): i for i, slots in enumerate(cache.recurrent_storage())}
+            for state in flat_states(self.states):
+                if isinstance(state, SlotRecurrent):
+                    state.checkpoints, state.checkpoint_layer = cache.checkpoints, layer_of[id(state.slots)]
 
-    def _batch(self, scheduled: list[tuple[Request, int]]):
-        """-> input ids [1, T], positions [1, T], StepBatch."""
+    def _batch(self, scheduled: list[tuple[Request, int]], captures=()):
+        """-> input ids [1, T], positions [1, T], StepBatch. captures: (request, tokens, pages): store
+        the request's recurrent state after its first `tokens` tokens into checkpoint pages."""
         bs, dev = self.cache.block_size, self.device
         ids, starts, lens = [], [], []
         for req, n in scheduled:
@@ -65,13 +71,20 @@ class ModelRunner:
             slot_ids=slot_ids,
             num_tokens=len(ids),
         )
+        if captures:
+            row_of = {}  # request id -> row of its first new token
+            at = 0
+            for (req, n), start in zip(scheduled, starts, strict=True):
+                row_of[req.request_id] = at - start  # + a position gives the row of that token
+                at += n
+            batch.captures = [(row_of[req.request_id] + tokens - 1, pages) for req, tokens, pages in captures]
         input_ids = torch.tensor(ids, dtype=torch.int64, device=dev)[None]
         return input_ids, positions.to(dev)[None], batch, torch.cumsum(q_lens, 0) - 1
 
     @torch.inference_mode()
-    def run(self, scheduled: list[tuple[Request, int]]) -> torch.Tensor:
+    def run(self, scheduled: list[tuple[Request, int]], captures=()) -> torch.Tensor:
         """-> fp32 logits [N, V] at the last new token of each scheduled sequence."""
-        input_ids, positions, batch, last = self._batch(scheduled)
+        input_ids, positions, batch, last = self._batch(scheduled, captures)
         self.holder.batch = batch
         try:
             hidden, _ = self.model.model(input_ids, cache=self.states, position_ids=positions)

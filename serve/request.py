@@ -50,6 +50,7 @@ class Request:
     output_logprobs: list[dict[int, float]] = field(default_factory=list)
     status: Status = Status.WAITING
     num_computed: int = 0  # tokens whose cache entries exist (reset to 0 by preemption)
+    num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at (last) admission
     num_preemptions: int = 0
     finish_reason: str | None = None  # "stop", "length", "abort"
     stop_text_end: int | None = None  # where a matched stop string starts in the output text
@@ -83,6 +84,7 @@ class RequestOutput:
     metrics: Metrics
     logprobs: list[dict[int, float]] | None = None
     num_preemptions: int = 0
+    num_cached_tokens: int = 0  # tokens served from the prefix cache (not computed)
 
 
 def now() -> float:

@@ -53,13 +53,16 @@ class Scheduler:
         # No admissions in a step that had to preempt: memory is already short.
         while self.waiting and budget > 0 and not preempted and len(self.running) < self.cache.max_seqs:
             req = self.waiting[0]
-            n = min(req.num_tokens - req.num_computed, budget)
-            if not self.cache.can_admit(n):
+            if not self.cache.has_free_slot():
+                break
+            cached = self.cache.admit(req.request_id, req.all_token_ids)  # prefix-cache hit, if any
+            n = min(req.num_tokens - cached, budget)
+            if not self.cache.can_extend(req.request_id, cached, n):
+                self.cache.free(req.request_id)
                 break
             self.waiting.popleft()
-            self.cache.admit(req.request_id)
-            self.cache.extend(req.request_id, 0, n)
-            req.status = Status.RUNNING
+            self.cache.extend(req.request_id, cached, n)
+            req.status, req.num_computed, req.num_cached_tokens = Status.RUNNING, cached, cached
             self.running.append(req)
             batch.append((req, n))
             budget -= n

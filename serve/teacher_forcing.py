@@ -54,10 +54,13 @@ class TeacherForcer:
             for i, s in enumerate(sequences)
         ]
         for req in self.requests:
-            if not self.cache.can_admit(prefill):
+            if not self.cache.has_free_slot():
                 self.close()
                 raise ValueError("the cache budget cannot hold these sequences; raise cache_memory")
             self.cache.admit(req.request_id)
+            if not self.cache.can_extend(req.request_id, 0, prefill):
+                self.close()
+                raise ValueError("the cache budget cannot hold these sequences; raise cache_memory")
         self.prefill = prefill
         self.position = 0  # tokens fed so far (per sequence)
 

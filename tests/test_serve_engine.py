@@ -128,8 +128,8 @@ def test_a_position_error_is_visible_in_the_logprobs(monkeypatch):
     model = build("full")
     real = ModelRunner._batch
 
-    def shifted(self, scheduled):
-        ids, positions, batch, last = real(self, scheduled)
+    def shifted(self, scheduled, captures=()):
+        ids, positions, batch, last = real(self, scheduled, captures)
         return ids, positions + int(batch.num_decode == batch.num_tokens), batch, last
 
     monkeypatch.setattr(ModelRunner, "_batch", shifted)
