@@ -238,6 +238,31 @@ def cmd_bench_state_precision(args) -> int:
     return 0
 
 
+def add_prefix_caching_options(p) -> None:
+    from attnlab.common import positive_int
+
+    from .config import PREFIX_EVICTION
+
+    g = p.add_argument_group("prefix caching (docs/prefix_caching.md)")
+    g.add_argument("--enable-prefix-caching", action="store_true",
+                   help="share cached prefixes' blocks and recurrent-state checkpoints between requests")  # fmt: skip
+    g.add_argument("--prefix-eviction", choices=list(PREFIX_EVICTION), default="cost",
+                   help="cost: recency + alpha x FLOPs saved per byte (Marconi); lru: least recently used")  # fmt: skip
+    g.add_argument("--prefix-eviction-alpha", type=float, default=1.0, help="alpha of the cost policy (>= 0)")
+    g.add_argument("--state-checkpoint-interval", type=positive_int, default=None, metavar="N",
+                   help="store recurrent-state checkpoints every N tokens (a multiple of --block-size) "
+                   "instead of where they pay")  # fmt: skip
+
+
+def prefix_caching_options(args) -> dict:
+    return {
+        "enable_prefix_caching": args.enable_prefix_caching,
+        "prefix_eviction": args.prefix_eviction,
+        "prefix_eviction_alpha": args.prefix_eviction_alpha,
+        "state_checkpoint_interval": args.state_checkpoint_interval,
+    }
+
+
 def register_serve(sub) -> None:
     from attnlab.common import positive_int
     from attnlab.kernels import add_kernels_option
@@ -264,6 +289,7 @@ def register_serve(sub) -> None:
                    help="rounding on store for bf16/fp16/int8 states")  # fmt: skip
     p.add_argument("--state-scales", choices=list(SCALE_GROUPS), default="row",
                    help="int8 states: one fp32 scale per (head, key row) or per (head, 32x32 block)")  # fmt: skip
+    add_prefix_caching_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--max-body-bytes", type=positive_int, default=4 * 2**20)
     p.add_argument(
@@ -294,7 +320,7 @@ def cmd_serve(args) -> int:
             options, cache_memory=args.cache_memory, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
             block_size=args.block_size, state_dtype=args.state_dtype, state_rounding=args.state_rounding,
-            state_scales=args.state_scales,
+            state_scales=args.state_scales, **prefix_caching_options(args),
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         print(f"attnlab serve: error: {e}", file=sys.stderr)
