@@ -349,9 +349,14 @@ def _top(entry: dict[int, float], n: int) -> list[tuple[int, float]]:
 
 
 def _usage(prompt_tokens: int, outs: list[RequestOutput]) -> dict:
+    """OpenAI's usage; `prompt_tokens_details.cached_tokens`: prompt tokens served from the prefix
+    cache (with n choices, each choice's share of its prompt, so it never exceeds prompt_tokens)."""
     completion = sum(len(o.token_ids) for o in outs)
+    asked = sum(len(o.prompt_token_ids) for o in outs)
+    cached = sum(o.num_cached_tokens for o in outs) * prompt_tokens // asked if asked else 0
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-            "total_tokens": prompt_tokens + completion}  # fmt: skip
+            "total_tokens": prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}  # fmt: skip
 
 
 def _sse(payload: dict) -> str:

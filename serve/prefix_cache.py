@@ -13,7 +13,8 @@ except when its whole prompt is cached, and then the last block is copied first 
 and only its last token recomputed, for the logits. See docs/prefix_caching.md.
 
 Checkpoints are admitted where they pay (Marconi, arXiv 2411.19379): where a prompt's prefill
-ends (its last block boundary), at a branch point of the tree the request passes (the end of a
+ends (its last block boundary before the last token, where a repeat of the prompt hits), at a
+branch point of the tree the request passes (the end of a
 shared system prompt or of an earlier turn, found when a second request leaves the path there),
 and at a sequence's last block boundary (the next turn of a chat resumes there); or, with
 `state_checkpoint_interval`, every that many tokens instead.
@@ -203,7 +204,9 @@ class PrefixCache:
         if self.interval is not None:
             wanted = at % self.interval == 0
         else:
-            wanted = at == holding.branch or at == prompt_len // self.bs * self.bs or at > prompt_len
+            # a branch point; the deepest point a repeat of this prompt can hit; a sequence end
+            last = (prompt_len - 1) // self.bs * self.bs
+            wanted = at == holding.branch or at == last or at >= prompt_len
         if not wanted:
             return False
         node = holding.node  # is there a checkpoint at `at` already (another request's)?
@@ -228,7 +231,7 @@ class PrefixCache:
             self.free_pages(pages)  # the tree lost the node, or another request stored it first
             return
         node.checkpoint = pages
-        if self.interval is None and at > prompt_len:  # a sequence end replaces the previous one
+        if self.interval is None and at >= prompt_len:  # a sequence end replaces the previous one
             old = holding.output_checkpoint
             if old is not None and old is not node and old.checkpoint is not None:
                 self.free_pages(old.checkpoint)
@@ -242,7 +245,7 @@ class PrefixCache:
     def _tree_only(self, g: str, b: int) -> bool:
         return b >= 0 and self.cache.pools[g].refs[b] == 1
 
-    def _units(self) -> list[Unit]:
+    def units(self) -> list[Unit]:
         cache, units = self.cache, []
         name, store = cache.checkpoint_pool_name, cache.checkpoints
         ckpt_bytes = 0 if store is None else store.pages_per_checkpoint * store.arena.page_bytes
@@ -298,7 +301,7 @@ class PrefixCache:
 
     def evict(self, short: set[str]) -> bool:
         """Free one unit that gives back ids in a pool named in `short`; False if none can."""
-        units = [u for u in self._units() if short & set(u.frees)]
+        units = [u for u in self.units() if short & set(u.frees)]
         if not units:
             return False
         self.drop(self.pick(units))

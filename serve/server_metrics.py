@@ -37,6 +37,17 @@ class ServerMetrics:
             "attnlab:prompt_tokens", "Prompt tokens of admitted requests.", label, registry=r
         )
         self.generation_tokens = Counter("attnlab:generation_tokens", "Tokens generated.", label, registry=r)
+        # vLLM's names: prompt tokens looked up in the prefix cache, and those found there
+        self.prefix_queries = Counter(
+            "attnlab:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", label, registry=r
+        )
+        self.prefix_hits = Counter(
+            "attnlab:prefix_cache_hits", "Prompt tokens found in the prefix cache.", label, registry=r
+        )
+        self.prefix_held = Gauge(
+            "attnlab:prefix_cache_held_bytes", "Cache bytes held by cached prefixes alone (evictable).",
+            label, registry=r,
+        )  # fmt: skip
         self.finished = Counter(
             "attnlab:request_success",
             "Finished requests by reason.",
@@ -56,9 +67,12 @@ class ServerMetrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.model_name = model_name
-        for counter in (self.preemptions, self.prompt_tokens, self.generation_tokens):
+        for counter in (
+            self.preemptions, self.prompt_tokens, self.generation_tokens, self.prefix_queries, self.prefix_hits
+        ):  # fmt: skip
             counter.labels(model_name)  # exported as 0 from the start, not only once it moves
         self._preemptions_seen = 0
+        self._prefix_seen = (0, 0)
         self._admitted: set[str] = set()
 
     def observe(self, engine: LLMEngine, outputs: list[RequestOutput]) -> None:
@@ -70,6 +84,13 @@ class ServerMetrics:
         for pool, (used, free) in engine.cache.usage().items():
             self.cache_used.labels(m, pool).set(used)
             self.cache_free.labels(m, pool).set(free)
+        prefix = engine.cache.prefix
+        if prefix is not None:
+            queried, hit = prefix.queried_tokens, prefix.hit_tokens
+            self.prefix_queries.labels(m).inc(queried - self._prefix_seen[0])
+            self.prefix_hits.labels(m).inc(hit - self._prefix_seen[1])
+            self._prefix_seen = (queried, hit)
+            self.prefix_held.labels(m).set(prefix.held_bytes())
         if sched.num_preemptions > self._preemptions_seen:
             self.preemptions.labels(m).inc(sched.num_preemptions - self._preemptions_seen)
             self._preemptions_seen = sched.num_preemptions
