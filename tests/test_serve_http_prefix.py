@@ -1,0 +1,81 @@
+"""The HTTP server with prefix caching on a lightning / full / sliding-window hybrid: a multi-turn
+chat through the real OpenAI client gives the same text as the uncached offline engine, reports
+the cached prompt tokens in `usage.prompt_tokens_details.cached_tokens` and in /metrics, and a
+client that leaves mid-stream leaves nothing held but the cached prefixes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from test_serve_http import ENGINE, KEY, free_port, save_model
+
+from attnlab.serve import LLM, EngineConfig, LLMEngine, SamplingParams
+from attnlab.serve.api_server import ServerOptions, build_app
+from attnlab.serve.chat_template import render_chat
+from attnlab.serve.llm import load_for_serving
+
+BLOCK = 8
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = save_model(tmp_path_factory.mktemp("served") / "model")
+    model, tokenizer = load_for_serving(folder, "cpu")
+    config = EngineConfig(**ENGINE, block_size=BLOCK, enable_prefix_caching=True)
+    engine = LLMEngine(model, tokenizer, config)
+    app = build_app(engine, ServerOptions("tiny", api_key=KEY, max_body_bytes=64 * 1024))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    uncached = LLM(model, tokenizer, **ENGINE, block_size=BLOCK)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+    yield client, engine, uncached, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(30)
+
+
+def metric(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(f"attnlab:{name}{{"):
+            return float(line.split()[-1])
+    raise KeyError(name)
+
+
+def test_multi_turn_chat_hits_and_equals_uncached(served):
+    client, engine, uncached, url = served
+    messages = [{"role": "system", "content": "You are a terse assistant who answers in one line."}]
+    cached = []
+    for question in ("What is a cache?", "And a prefix?", "Why share it?"):
+        messages.append({"role": "user", "content": question})
+        got = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+        prompt = render_chat(uncached.tokenizer, messages)
+        want = uncached.generate([prompt], SamplingParams(max_tokens=12), use_tqdm=False)[0]
+        assert got.choices[0].message.content == want.text
+        cached.append(got.usage.prompt_tokens_details.cached_tokens)
+        messages.append({"role": "assistant", "content": got.choices[0].message.content})
+    assert cached[0] == 0 and cached[1] > 0 and cached[2] > cached[1]
+    assert all(c % BLOCK == 0 for c in cached)  # this hybrid hits at block boundaries (checkpoints)
+    assert metric(url, "prefix_cache_hits_total") == sum(cached)
+    assert metric(url, "prefix_cache_held_bytes") > 0
+
+
+def test_aborted_stream_frees_all_but_the_cached_prefixes(served):
+    client, engine, _, url = served
+    stream = client.completions.create(model="tiny", prompt="x" * 40, max_tokens=200, stream=True, temperature=0)
+    next(iter(stream))
+    stream.close()
+    deadline = time.monotonic() + 10
+    while engine.cache.holdings and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not engine.cache.holdings
+    assert metric(url, "num_requests_running") == 0
