@@ -277,12 +277,9 @@ class CacheManager:
     def reclaim(self, need: dict[str, int]) -> bool:
         """Make `need` ids free in each named pool, evicting cached prefixes (never a running
         request's blocks); False if the prefix cache cannot free enough."""
-        while True:
-            short = {name for name, n in need.items() if self.pool(name).num_free < n}
-            if not short:
-                return True
-            if self.prefix is None or not self.prefix.evict(short):
-                return False
+        if all(self.pool(name).num_free >= n for name, n in need.items()):
+            return True
+        return self.prefix is not None and self.prefix.evict(need)
 
     # --- per request -----------------------------------------------------------------------------
     def _new_blocks(self, holding: Holding | None, end: int) -> dict[str, int]:

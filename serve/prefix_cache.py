@@ -246,50 +246,56 @@ class PrefixCache:
         return b >= 0 and self.cache.pools[g].refs[b] == 1
 
     def units(self) -> list[Unit]:
+        """Everything eviction could free now, with its bytes and the FLOPs it saves (one walk)."""
         cache, units = self.cache, []
         name, store = cache.checkpoint_pool_name, cache.checkpoints
         ckpt_bytes = 0 if store is None else store.pages_per_checkpoint * store.arena.page_bytes
-        for node in self.nodes:
-            saved = self._flops_saved(node)
-            if (
-                not node.children
-                and node.users == 0
-                and all(b < 0 or self._tree_only(g, b) for g, b in node.blocks.items())
-            ):
+        stack = [(child, 0) for child in self.root.children.values()]  # (node, last checkpoint above)
+        while stack:
+            node, above = stack.pop()
+            below = node.depth if node.checkpoint is not None else above
+            stack.extend((child, below) for child in node.children.values())
+            if self._leaf_free(node):
                 frees = {g: 1 for g, b in node.blocks.items() if b >= 0}
                 nbytes = sum(cache.block_bytes(g) for g in frees)
                 if node.checkpoint is not None:
                     frees[name] = frees.get(name, 0) + len(node.checkpoint)
                     nbytes += ckpt_bytes
-                units.append(Unit(node, "leaf", frees, nbytes, saved))
+                units.append(Unit(node, "leaf", frees, nbytes, self._flops_saved(node, above)))
                 continue
             if node.checkpoint is not None:
+                saved = self._flops_saved(node, above)
                 units.append(Unit(node, "checkpoint", {name: len(node.checkpoint)}, ckpt_bytes, saved))
             for g in cache.windows:
                 if self._tree_only(g, node.blocks.get(g, -1)):
                     units.append(Unit(node, g, {g: 1}, cache.block_bytes(g), self._block_flops(node)))
         return units
 
+    def _leaf_free(self, node: Node) -> bool:
+        """A leaf no request stands on or shares a block of."""
+        return (
+            not node.children
+            and node.users == 0
+            and all(b < 0 or self._tree_only(g, b) for g, b in node.blocks.items())
+        )
+
     def _block_flops(self, node: Node) -> float:
         return self.cost((node.depth - 1) * self.bs, node.depth * self.bs)
 
-    def _flops_saved(self, node: Node) -> float:
-        """Prefill FLOPs a hit here saves over the next shallower place a hit could land."""
+    def _flops_saved(self, node: Node, above: int) -> float:
+        """Prefill FLOPs a hit here saves over the next shallower place a hit could land (`above`:
+        the depth of the nearest checkpoint above, 0 for none)."""
         if not self.needs_checkpoint:
             return self._block_flops(node)
         if node.checkpoint is None:
             return 0.0
-        up = node.parent
-        while up is not None and up is not self.root and up.checkpoint is None:
-            up = up.parent
-        start = 0 if up is None or up is self.root else up.depth
-        return self.cost(start * self.bs, node.depth * self.bs)
+        return self.cost(above * self.bs, node.depth * self.bs)
 
-    def pick(self, units: list[Unit]) -> Unit:
-        """The unit to evict under the policy."""
-        if self.policy == "lru":
-            return min(units, key=lambda u: u.node.last_access)
+    def ranked(self, units: list[Unit]) -> list[Unit]:
+        """Units in the order the policy evicts them."""
         times = [u.node.last_access for u in units]
+        if self.policy == "lru":
+            return [u for _, _, u in sorted(zip(times, range(len(units)), units, strict=True))]
         effs = [u.flops / max(u.nbytes, 1) for u in units]
 
         def norm(x, xs):
@@ -297,15 +303,40 @@ class PrefixCache:
             return 0.0 if hi == lo else (x - lo) / (hi - lo)
 
         scores = [norm(t, times) + self.alpha * norm(e, effs) for t, e in zip(times, effs, strict=True)]
-        return min(zip(scores, times, range(len(units)), units, strict=True))[3]
+        return [u for *_, u in sorted(zip(scores, times, range(len(units)), units, strict=True))]
 
-    def evict(self, short: set[str]) -> bool:
-        """Free one unit that gives back ids in a pool named in `short`; False if none can."""
-        units = [u for u in self.units() if short & set(u.frees)]
-        if not units:
+    def pick(self, units: list[Unit]) -> Unit:
+        """The unit to evict first under the policy."""
+        return self.ranked(units)[0]
+
+    def evict(self, need: dict[str, int]) -> bool:
+        """Evict until each named pool has `need` free ids; False if the tree runs out first. Units
+        are ranked once per pass and dropped in that order (a pass ends when its list does: drops
+        make new leaves, which the next pass ranks)."""
+        while True:
+            short = {n for n, k in need.items() if self.cache.pool(n).num_free < k}
+            if not short:
+                return True
+            units = [u for u in self.units() if short & set(u.frees)]
+            if not units:
+                return False
+            for unit in self.ranked(units):
+                if not short:
+                    break
+                if self._still(unit):
+                    self.drop(unit)
+                    short = {n for n, k in need.items() if self.cache.pool(n).num_free < k}
+
+    def _still(self, unit: Unit) -> bool:
+        """Whether a ranked unit is still there to free (an earlier drop may have pruned it)."""
+        node = unit.node
+        if node not in self.nodes:
             return False
-        self.drop(self.pick(units))
-        return True
+        if unit.what == "leaf":
+            return self._leaf_free(node)
+        if unit.what == "checkpoint":
+            return node.checkpoint is not None
+        return self._tree_only(unit.what, node.blocks.get(unit.what, -1))
 
     def drop(self, unit: Unit) -> None:
         node, cache = unit.node, self.cache
@@ -351,8 +382,10 @@ class PrefixCache:
 
     def clear(self) -> None:
         """Evict everything no running request holds."""
-        while self.evict(set(self.cache.all_pool_names())):
-            pass
+        while units := self.units():
+            for unit in units:
+                if self._still(unit):
+                    self.drop(unit)
 
     # --- accounting --------------------------------------------------------------------------------
     def held_bytes(self) -> int:
