@@ -125,9 +125,12 @@ class PrefixCache:
             self.cache.checkpoints.restore(m.path[-1].checkpoint, holding.slot)
         for node in m.path:
             node.last_access = self.clock
-        self.queried_tokens += len(tokens)
-        self.hit_tokens += m.num_cached
         return m.num_cached
+
+    def count(self, prompt_tokens: int, cached: int) -> None:
+        """An admitted request's lookup, for the hit rate (a refused admission is not counted)."""
+        self.queried_tokens += prompt_tokens
+        self.hit_tokens += cached
 
     def _share(self, holding, m: Match) -> None:
         """Reference the hit's blocks from the request's tables (window blocks behind the window of

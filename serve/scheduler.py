@@ -63,6 +63,8 @@ class Scheduler:
             self.waiting.popleft()
             self.cache.extend(req.request_id, cached, n)
             req.status, req.num_computed, req.num_cached_tokens = Status.RUNNING, cached, cached
+            if self.cache.prefix is not None:
+                self.cache.prefix.count(req.num_tokens, cached)
             self.running.append(req)
             batch.append((req, n))
             budget -= n

@@ -138,6 +138,9 @@ def test_multi_turn_outputs_equal_no_cache_reference_and_hits_are_where_expected
     check_against_reference(model, outs)
     want = HITS_RECURRENT if engine.cache.checkpoints is not None else HITS
     assert [o.num_cached_tokens for o in outs] == want
+    stats = engine.cache.prefix.stats()
+    assert stats["hit_tokens"] == sum(want)
+    assert stats["queried_tokens"] == sum(len(o.prompt_token_ids) for o in outs)
     check_released(engine)
 
 
