@@ -311,6 +311,21 @@ class CacheManager:
         """The state slots of every recurrent layer (or part), in layer order."""
         return list(self._recurrent)
 
+    def snapshot(self, request_id: str) -> list:
+        """Copies of the request's state slots, as stored (a draft model's speculative rollback)."""
+        slot = self.holdings[request_id].slot
+        return [
+            (s.values[slot].clone(), None if s.scales is None else s.scales[slot].clone())
+            for s in self._recurrent
+        ]
+
+    def restore(self, request_id: str, snapshot: list) -> None:
+        slot = self.holdings[request_id].slot
+        for slots, (values, scales) in zip(self._recurrent, snapshot, strict=True):
+            slots.values[slot].copy_(values)
+            if scales is not None:
+                slots.scales[slot].copy_(scales)
+
     def trim(self, request_id: str, start: int) -> None:
         """Free the window blocks that no query from token `start` on can see. The engine calls it
         after every step, so the next step's chunk (which starts there) finds them freed."""

@@ -66,6 +66,13 @@ class EngineConfig:
     prefix_eviction: str = "cost"
     prefix_eviction_alpha: float = 1.0
     state_checkpoint_interval: int | None = None
+    # Speculative decoding (docs/speculative_decoding.md): k drafts per decoding request and step,
+    # from a draft model (`draft_model`: a path, or a model given to the engine) or n-gram lookup.
+    speculative: str | None = None
+    num_speculative_tokens: int = 3
+    draft_model: str | None = None
+    ngram_max: int = 4
+    ngram_min: int = 1
 
     def __post_init__(self):
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
@@ -93,6 +100,14 @@ class EngineConfig:
                     f"state_checkpoint_interval = {self.state_checkpoint_interval}: must be a multiple of "
                     f"block_size = {self.block_size} (checkpoints sit on block boundaries)"
                 )
+        if self.speculative is not None:
+            check_choice(self.speculative, SPECULATIVE, "speculative")
+        for name in ("num_speculative_tokens", "ngram_max", "ngram_min"):
+            check_positive_int(getattr(self, name), name)
+        if self.ngram_min > self.ngram_max:
+            raise ValueError(f"ngram_min = {self.ngram_min} > ngram_max = {self.ngram_max}")
+        if self.draft_model is not None and not isinstance(self.draft_model, str):
+            raise ValueError(f"draft_model = {self.draft_model!r}: must be a path (a string)")
         if self.state_dtype == "fp32" and self.state_rounding != "nearest":
             raise ValueError(
                 "state_rounding = 'stochastic' needs state_dtype bf16, fp16 or int8 (fp32 stores exactly)"
@@ -101,3 +116,4 @@ class EngineConfig:
 
 STATE_DTYPES = STORAGE_DTYPES
 PREFIX_EVICTION = EVICTION_POLICIES
+SPECULATIVE = ("draft", "ngram")

@@ -21,10 +21,12 @@ from .model_runner import ModelRunner
 from .request import Metrics, Request, RequestOutput, Status, now
 from .sampling import SamplingParams, sample
 from .scheduler import Scheduler
+from .speculative import Speculation
 
 
 class LLMEngine:
-    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None):
+    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None, draft_model=None):
+        """draft_model: the proposer of `speculative='draft'` (a loaded model; or config.draft_model)."""
         self.config = config = config or EngineConfig()
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -46,6 +48,7 @@ class LLMEngine:
             eos = tokenizer.eos_token_id
         self.eos_token_id = eos[0] if isinstance(eos, list) else eos
         self._ids = itertools.count()
+        self.speculation = Speculation.build(self, draft_model) if config.speculative else None
 
     # --- requests ------------------------------------------------------------------------------
     def add_request(
@@ -112,7 +115,8 @@ class LLMEngine:
 
     # --- one step ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Schedule, run one packed forward, sample, and return the requests that got a token."""
+        """Schedule, (propose drafts,) run one packed forward, sample or verify, and return the
+        requests that got tokens."""
         scheduled = self.scheduler.schedule()
         if not scheduled:
             return []
@@ -120,52 +124,92 @@ class LLMEngine:
         for req, _ in scheduled:
             if req.metrics.first_scheduled_time is None:
                 req.metrics.first_scheduled_time = t0
+        if self.speculation is not None:
+            scheduled = self.speculation.propose(scheduled)
         captures = self._plan_checkpoints(scheduled)
         try:
-            logits = self.runner.run(scheduled, captures)  # [N, V]
+            logits = self.runner.run(scheduled, captures)  # [R, V]: 1 row per sequence, 1 + k if drafted
         except BaseException:
             for _, _, pages in captures:
                 self.cache.prefix.free_pages(pages)
+            for req, _ in scheduled:
+                req.draft_tokens = []
             raise
+        emitted = self._sample_and_verify(scheduled, logits)  # [(request, tokens, their logits rows)]
+        t1 = now()
+        for req, tokens, rows in emitted:
+            self._emit(req, tokens, rows, t1)
         prefix = self.cache.prefix
-        for req, n in scheduled:
-            req.num_computed += n
+        for req, _ in scheduled:
             if prefix is not None:
-                prefix.insert(self.cache.holdings[req.request_id], req.all_token_ids, req.num_computed)
+                computed = min(req.num_computed, req.num_tokens)  # a stop may have cut accepted drafts
+                prefix.insert(self.cache.holdings[req.request_id], req.all_token_ids, computed)
         for req, at, pages in captures:
             prefix.attach(self.cache.holdings[req.request_id], at, pages, len(req.prompt_token_ids))
         for req, _ in scheduled:
             self.cache.trim(req.request_id, req.num_computed)
-        done = [i for i, (req, _) in enumerate(scheduled) if req.num_computed == req.num_tokens]
-        if not done:
-            return []
-        reqs = [scheduled[i][0] for i in done]
-        logits = logits[done]
-        for row, req in enumerate(reqs):
-            if len(req.output_token_ids) < req.params.min_tokens and req.end_token_ids:
-                logits[row, list(req.end_token_ids)] = float("-inf")
-        tokens = sample(logits, [r.params for r in reqs], [r.generator for r in reqs])
-        logprobs = torch.log_softmax(logits, -1) if any(r.params.logprobs is not None for r in reqs) else None
-        t1 = now()
         outputs = []
-        for row, (req, token) in enumerate(zip(reqs, tokens, strict=True)):
-            if not req.output_token_ids:
-                req.metrics.first_token_time = t1
-            req.output_token_ids.append(token)
-            req.metrics.token_times.append(t1)
-            if req.params.logprobs is not None:
-                top = logprobs[row].topk(req.params.logprobs) if req.params.logprobs else None
-                entry = {token: float(logprobs[row, token])}
-                if top is not None:
-                    entry.update(zip(top.indices.tolist(), top.values.tolist(), strict=False))
-                req.output_logprobs.append(entry)
-            self._check_stop(req)
+        for req, _, _ in emitted:
             if req.finish_reason is not None:
                 req.metrics.finished_time = t1
                 self.scheduler.finish(req)
                 self.requests.pop(req.request_id, None)
             outputs.append(self.output(req))
+        if self.speculation is not None:
+            self.speculation.sync({r.request_id for r in self.scheduler.running})
         return outputs
+
+    def _sample_and_verify(
+        self, scheduled, logits: torch.Tensor
+    ) -> list[tuple[Request, list[int], torch.Tensor]]:
+        """Advance each sequence's progress; a sequence that completed its tokens samples one, a
+        verified one keeps its accepted drafts plus one (speculative.py)."""
+        done, rows_of, at = [], {}, 0
+        for req, n in scheduled:
+            r = 1 + len(req.draft_tokens)
+            rows_of[req.request_id] = logits[at : at + r]
+            at += r
+            if req.draft_tokens:
+                done.append(req)
+                continue
+            req.num_computed += n
+            if req.num_computed == req.num_tokens:
+                done.append(req)
+        for req in done:  # end tokens are masked until min_tokens outputs
+            masked = req.params.min_tokens - len(req.output_token_ids)  # rows to mask
+            if req.end_token_ids and masked > 0:
+                rows = rows_of[req.request_id].clone()  # (the forward's output is an inference tensor)
+                rows[:masked, list(req.end_token_ids)] = float("-inf")
+                rows_of[req.request_id] = rows
+        plain = [r for r in done if not r.draft_tokens]
+        tokens = {}
+        if plain:
+            last = torch.stack([rows_of[r.request_id][0] for r in plain])
+            for req, token in zip(plain, sample(last, [r.params for r in plain], [r.generator for r in plain]),
+                                  strict=True):  # fmt: skip
+                tokens[req.request_id] = [token]
+        for req in done:
+            if req.draft_tokens:
+                tokens[req.request_id] = self.speculation.verify(req, rows_of[req.request_id])
+        return [(r, tokens[r.request_id], rows_of[r.request_id]) for r in done]
+
+    def _emit(self, req: Request, tokens: list[int], rows: torch.Tensor, t: float) -> None:
+        """Append tokens (with log-probabilities from their logits rows) until a stop condition."""
+        for token, row in zip(tokens, rows, strict=False):
+            if not req.output_token_ids:
+                req.metrics.first_token_time = t
+            req.output_token_ids.append(token)
+            req.metrics.token_times.append(t)
+            if req.params.logprobs is not None:
+                logprobs = torch.log_softmax(row, -1)
+                entry = {token: float(logprobs[token])}
+                if req.params.logprobs:
+                    top = logprobs.topk(req.params.logprobs)
+                    entry.update(zip(top.indices.tolist(), top.values.tolist(), strict=False))
+                req.output_logprobs.append(entry)
+            self._check_stop(req)
+            if req.finish_reason is not None:
+                return
 
     def _plan_checkpoints(self, scheduled) -> list[tuple[Request, int, list[int]]]:
         """Prefix caching on a model with recurrent layers: the block boundaries this step reaches
@@ -220,4 +264,6 @@ class LLMEngine:
             logprobs=req.output_logprobs if req.params.logprobs is not None else None,
             num_preemptions=req.num_preemptions,
             num_cached_tokens=req.num_cached_tokens,
+            num_draft_tokens=req.num_draft_tokens,
+            num_accepted_tokens=req.num_accepted_tokens,
         )

@@ -39,6 +39,8 @@ class StepBatch:
     # Prefix caching: store the recurrent state after token `row` of the step into checkpoint
     # pages (state_checkpoints.py), for each (row, pages).
     captures: list[tuple[int, list[int]]] = field(default_factory=list)
+    # Speculative decoding: keep the recurrent state after each of these rows (for a rollback).
+    keep: list[int] = field(default_factory=list)
 
 
 class StepHolder:
@@ -124,6 +126,7 @@ class SlotRecurrent(EngineState):
         self.storage_dtype = slots.values.dtype
         self.stores = 0  # stochastic rounding draws a fresh seed for every store
         self.checkpoints, self.checkpoint_layer = None, None  # prefix caching: set by the runner
+        self.kept: dict[int, torch.Tensor] = {}  # speculative decoding: row -> state after it
 
     def load(self, ids: torch.Tensor) -> torch.Tensor:
         """fp32 states [n, H, K, V] of slots `ids`."""
@@ -150,28 +153,34 @@ class SlotRecurrent(EngineState):
     def attend_linear(self, q, k, v, *, slope, chunk_size):
         step = self.holder.batch
         nd, ids = step.num_decode, step.slot_ids
+        wanted = sorted({row for row, _ in step.captures} | set(step.keep))  # rows whose state is asked for
+        at: dict[int, torch.Tensor] = {}  # row -> fp32 state after it [H, K, V]
         outs = []
         if nd:
             o, state = lightning_decode(q[0, :nd], k[0, :nd], v[0, :nd], slope, self.load(ids[:nd]))
             self.store(ids[:nd], state)
-            for row, pages in step.captures:
-                if row < nd:
-                    self.checkpoints.save_state(self.checkpoint_layer, pages, state[row])
+            at.update((row, state[row]) for row in wanted if row < nd)
             outs.append(o)
         if nd < step.num_tokens:
             initial = self.load(ids[nd:])
             args = (q[:, nd:], k[:, nd:], v[:, nd:], slope, initial, True, step.cu_prefill, chunk_size)
-            caps = [(row - nd, pages) for row, pages in step.captures if row >= nd]
-            if caps:
-                at = torch.tensor([row for row, _ in caps], dtype=torch.int64, device=q.device)
-                o, final, states = lightning_prefill(*args, state_checkpoints=at)
-                for (_, pages), state in zip(caps, states, strict=True):
-                    self.checkpoints.save_state(self.checkpoint_layer, pages, state)
+            rows = [row for row in wanted if row >= nd]
+            if rows:
+                index = torch.tensor([row - nd for row in rows], dtype=torch.int64, device=q.device)
+                o, final, states = lightning_prefill(*args, state_checkpoints=index)
+                at.update(zip(rows, states, strict=True))
             else:
                 o, final = lightning_prefill(*args)
             self.store(ids[nd:], final)
             outs.append(o[0])
+        for row, pages in step.captures:
+            self.checkpoints.save_state(self.checkpoint_layer, pages, at[row])
+        self.kept = {row: at[row] for row in step.keep}
         return (outs[0] if len(outs) == 1 else torch.cat(outs))[None]  # [1, T, H, V]
+
+    def restore_kept(self, slot: int, row: int) -> None:
+        """Speculative rollback: the slot takes the state kept after `row` of the last step."""
+        self.store(torch.tensor([slot], device=self.slots.values.device), self.kept[row][None])
 
 
 class Composite(EngineState):

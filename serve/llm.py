@@ -27,14 +27,21 @@ def load_for_serving(path: str | Path, device: str | None = None):
 
 
 class LLM:
-    def __init__(self, model, tokenizer=None, *, device: str | None = None, **engine_options):
+    def __init__(
+        self, model, tokenizer=None, *, device: str | None = None, draft_model=None, **engine_options
+    ):
         """`model`: a path (attnlab run dir or model folder) or a loaded AttnLabForCausalLM.
+        `draft_model`: for `speculative="draft"`, a path or a loaded model.
         `engine_options`: EngineConfig fields (cache_memory, block_size, max_num_seqs,
-        max_num_batched_tokens, max_model_len, state_dtype, state_rounding, state_scales)."""
+        max_num_batched_tokens, max_model_len, state_dtype, state_rounding, state_scales,
+        enable_prefix_caching, prefix_eviction, state_checkpoint_interval, speculative,
+        num_speculative_tokens, ngram_max, ngram_min)."""
         if isinstance(model, (str, Path)):
             model, loaded_tokenizer = load_for_serving(model, device)
             tokenizer = tokenizer or loaded_tokenizer
-        self.engine = LLMEngine(model, tokenizer, EngineConfig(**engine_options))
+        if isinstance(draft_model, (str, Path)):
+            engine_options["draft_model"], draft_model = str(draft_model), None
+        self.engine = LLMEngine(model, tokenizer, EngineConfig(**engine_options), draft_model=draft_model)
 
     @property
     def tokenizer(self):

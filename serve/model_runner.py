@@ -22,6 +22,8 @@ class ModelRunner:
         self.states = [
             build_state(s, st, self.holder) for s, st in zip(cache.layer_specs, cache.storage, strict=True)
         ]
+        self.recurrent = [s for s in flat_states(self.states) if isinstance(s, SlotRecurrent)]
+        self.row_of: dict[str, int] = {}
         if cache.checkpoints is not None:  # prefix caching: where each recurrent layer's bytes go
             layer_of = {id(slots): i for i, slots in enumerate(cache.recurrent_storage())}
             for state in flat_states(self.states):
@@ -35,7 +37,8 @@ class ModelRunner:
         ids, starts, lens = [], [], []
         for req, n in scheduled:
             start = req.num_computed
-            ids.extend(req.all_token_ids[start : start + n])
+            tokens = req.all_token_ids + req.draft_tokens if req.draft_tokens else req.all_token_ids
+            ids.extend(tokens[start : start + n])
             starts.append(start)
             lens.append(n)
         q_lens = torch.tensor(lens, dtype=torch.int64)
@@ -71,19 +74,30 @@ class ModelRunner:
             slot_ids=slot_ids,
             num_tokens=len(ids),
         )
-        if captures:
-            row_of = {}  # request id -> row of its first new token
-            at = 0
-            for (req, n), start in zip(scheduled, starts, strict=True):
-                row_of[req.request_id] = at - start  # + a position gives the row of that token
-                at += n
-            batch.captures = [(row_of[req.request_id] + tokens - 1, pages) for req, tokens, pages in captures]
+        self.row_of = {}  # request id -> row of its first new token, minus its start position
+        at = 0
+        for (req, n), start in zip(scheduled, starts, strict=True):
+            self.row_of[req.request_id] = at - start  # + a position gives the row of that token
+            at += n
+        batch.captures = [
+            (self.row_of[req.request_id] + tokens - 1, pages) for req, tokens, pages in captures
+        ]
+        # Speculative verification: keep the state after the last token and each draft but the last.
+        batch.keep = [
+            self.row_of[req.request_id] + p
+            for req, _ in scheduled
+            for p in range(req.num_computed, req.num_computed + len(req.draft_tokens))
+        ]
         input_ids = torch.tensor(ids, dtype=torch.int64, device=dev)[None]
-        return input_ids, positions.to(dev)[None], batch, torch.cumsum(q_lens, 0) - 1
+        ends = torch.cumsum(q_lens, 0)  # logits at each sequence's last row, and at its drafts' rows
+        last = [e - 1 - d for (req, _), e in zip(scheduled, ends.tolist(), strict=True)
+                for d in range(len(req.draft_tokens), -1, -1)]  # fmt: skip
+        return input_ids, positions.to(dev)[None], batch, torch.tensor(last)
 
     @torch.inference_mode()
     def run(self, scheduled: list[tuple[Request, int]], captures=()) -> torch.Tensor:
-        """-> fp32 logits [N, V] at the last new token of each scheduled sequence."""
+        """-> fp32 logits [R, V]: at the last new token of each scheduled sequence, and for a
+        sequence with drafts (speculative verification) at its last 1 + k tokens."""
         input_ids, positions, batch, last = self._batch(scheduled, captures)
         self.holder.batch = batch
         try:
@@ -91,3 +105,10 @@ class ModelRunner:
         finally:
             self.holder.batch = None
         return self.model.lm_head(hidden[0, last.to(self.device)]).float()
+
+    def rollback(self, req: Request, position: int) -> None:
+        """Speculative rollback of the recurrent layers: the request's slot takes the state it had
+        after token `position` of the last step (the verification kept it)."""
+        slot, row = self.cache.holdings[req.request_id].slot, self.row_of[req.request_id] + position
+        for state in self.recurrent:
+            state.restore_kept(slot, row)

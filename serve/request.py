@@ -55,6 +55,9 @@ class Request:
     finish_reason: str | None = None  # "stop", "length", "abort"
     stop_text_end: int | None = None  # where a matched stop string starts in the output text
     generator: torch.Generator | None = None
+    draft_tokens: list[int] = field(default_factory=list)  # speculative: proposals being verified
+    num_draft_tokens: int = 0  # speculative: drafts proposed over the request's life
+    num_accepted_tokens: int = 0  # ... and accepted
 
     @property
     def all_token_ids(self) -> list[int]:
@@ -85,6 +88,8 @@ class RequestOutput:
     logprobs: list[dict[int, float]] | None = None
     num_preemptions: int = 0
     num_cached_tokens: int = 0  # tokens served from the prefix cache (not computed)
+    num_draft_tokens: int = 0  # speculative decoding: tokens proposed ...
+    num_accepted_tokens: int = 0  # ... and accepted by the target
 
 
 def now() -> float:

@@ -68,17 +68,23 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     """
     tokens = logits.argmax(-1).tolist()
     for i, p in enumerate(params):
-        if p.greedy:
-            continue
-        row = logits[i] / p.temperature
-        if p.top_k and p.top_k < row.numel():
-            kth = row.topk(p.top_k).values[-1]
-            row = row.masked_fill(row < kth, float("-inf"))
-        probs = torch.softmax(row, -1)
-        if p.top_p < 1:
-            sorted_p, order = probs.sort(descending=True)
-            # Keep the smallest prefix whose mass reaches top_p (the token that crosses it included).
-            drop = sorted_p.cumsum(-1) - sorted_p >= p.top_p
-            probs = probs.scatter(0, order, sorted_p.masked_fill(drop, 0))
-        tokens[i] = int(torch.multinomial(probs, 1, generator=generators[i]))
+        if not p.greedy:
+            tokens[i] = int(torch.multinomial(probabilities(logits[i], p), 1, generator=generators[i]))
     return tokens
+
+
+def probabilities(row: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """The distribution a sampled request draws from: logits [V] -> probabilities [V] after
+    temperature, top-k and top-p (speculative decoding's rejection sampler uses it for both models)."""
+    row = row / p.temperature
+    if p.top_k and p.top_k < row.numel():
+        kth = row.topk(p.top_k).values[-1]
+        row = row.masked_fill(row < kth, float("-inf"))
+    probs = torch.softmax(row, -1)
+    if p.top_p < 1:
+        sorted_p, order = probs.sort(descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the token that crosses it included).
+        drop = sorted_p.cumsum(-1) - sorted_p >= p.top_p
+        probs = probs.scatter(0, order, sorted_p.masked_fill(drop, 0))
+        probs = probs / probs.sum()
+    return probs
