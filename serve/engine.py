@@ -109,6 +109,8 @@ class LLMEngine:
         if req is not None and req.status is not Status.FINISHED:
             req.finish_reason = "abort"
             self.scheduler.finish(req)
+            if self.speculation is not None:
+                self.speculation.release(request_id)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()

@@ -92,7 +92,7 @@ class Speculation:
             engine.cache.extend(req.request_id, req.num_computed, 1 + len(drafts))
             req.draft_tokens = list(drafts)
             self.proposal_probs[req.request_id] = probs
-        out = [(req, 1 + len(req.draft_tokens)) for req, _ in scheduled]
+        out = [(req, n + len(req.draft_tokens)) for req, n in scheduled]  # a drafted request had n = 1
         out.sort(key=lambda item: item[1] != 1)  # stable: single tokens first, as the runner expects
         return out
 
@@ -119,6 +119,12 @@ class Speculation:
         self.num_verified += 1
         req.draft_tokens = []
         return tokens
+
+    def release(self, request_id: str) -> None:
+        """A request left (aborted): drop its proposal and the draft model's cache for it."""
+        self.proposal_probs.pop(request_id, None)
+        if isinstance(self.proposer, DraftProposer):
+            self.proposer.release(request_id)
 
     def sync(self, live: set[str]) -> None:
         if isinstance(self.proposer, DraftProposer):
