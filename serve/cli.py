@@ -254,6 +254,34 @@ def add_prefix_caching_options(p) -> None:
                    "instead of where they pay")  # fmt: skip
 
 
+def add_speculative_options(p) -> None:
+    from attnlab.common import positive_int
+
+    from .config import SPECULATIVE
+
+    g = p.add_argument_group("speculative decoding (docs/speculative_decoding.md)")
+    g.add_argument("--speculative", choices=list(SPECULATIVE), default=None,
+                   help="propose tokens with a draft model or by n-gram prompt lookup; verify in one forward")  # fmt: skip
+    g.add_argument("--num-speculative-tokens", type=positive_int, default=3, metavar="K",
+                   help="drafts per decoding request and step")  # fmt: skip
+    g.add_argument("--draft-model", default=None, metavar="PATH",
+                   help="--speculative draft: a smaller attnlab model with the same tokenizer")  # fmt: skip
+    g.add_argument(
+        "--ngram-max", type=positive_int, default=4, help="--speculative ngram: longest n-gram to match"
+    )
+    g.add_argument("--ngram-min", type=positive_int, default=1, help="--speculative ngram: shortest n-gram")
+
+
+def speculative_options(args) -> dict:
+    return {
+        "speculative": args.speculative,
+        "num_speculative_tokens": args.num_speculative_tokens,
+        "draft_model": None if args.draft_model is None else str(args.draft_model),
+        "ngram_max": args.ngram_max,
+        "ngram_min": args.ngram_min,
+    }
+
+
 def prefix_caching_options(args) -> dict:
     return {
         "enable_prefix_caching": args.enable_prefix_caching,
@@ -290,6 +318,7 @@ def register_serve(sub) -> None:
     p.add_argument("--state-scales", choices=list(SCALE_GROUPS), default="row",
                    help="int8 states: one fp32 scale per (head, key row) or per (head, 32x32 block)")  # fmt: skip
     add_prefix_caching_options(p)
+    add_speculative_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--max-body-bytes", type=positive_int, default=4 * 2**20)
     p.add_argument(
@@ -320,7 +349,7 @@ def cmd_serve(args) -> int:
             options, cache_memory=args.cache_memory, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
             block_size=args.block_size, state_dtype=args.state_dtype, state_rounding=args.state_rounding,
-            state_scales=args.state_scales, **prefix_caching_options(args),
+            state_scales=args.state_scales, **prefix_caching_options(args), **speculative_options(args),
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         print(f"attnlab serve: error: {e}", file=sys.stderr)

@@ -44,6 +44,12 @@ class ServerMetrics:
         self.prefix_hits = Counter(
             "attnlab:prefix_cache_hits", "Prompt tokens found in the prefix cache.", label, registry=r
         )
+        self.spec_drafts = Counter(
+            "attnlab:spec_decode_num_draft_tokens", "Speculative tokens proposed.", label, registry=r
+        )
+        self.spec_accepted = Counter(
+            "attnlab:spec_decode_num_accepted_tokens", "Speculative tokens accepted.", label, registry=r
+        )
         self.prefix_held = Gauge(
             "attnlab:prefix_cache_held_bytes", "Cache bytes held by cached prefixes alone (evictable).",
             label, registry=r,
@@ -68,11 +74,12 @@ class ServerMetrics:
         )  # fmt: skip
         self.model_name = model_name
         for counter in (
-            self.preemptions, self.prompt_tokens, self.generation_tokens, self.prefix_queries, self.prefix_hits
+            self.preemptions, self.prompt_tokens, self.generation_tokens, self.prefix_queries, self.prefix_hits,
+            self.spec_drafts, self.spec_accepted,
         ):  # fmt: skip
             counter.labels(model_name)  # exported as 0 from the start, not only once it moves
         self._preemptions_seen = 0
-        self._prefix_seen = (0, 0)
+        self._prefix_seen = self._spec_seen = (0, 0)
         self._admitted: set[str] = set()
 
     def observe(self, engine: LLMEngine, outputs: list[RequestOutput]) -> None:
@@ -91,6 +98,11 @@ class ServerMetrics:
             self.prefix_hits.labels(m).inc(hit - self._prefix_seen[1])
             self._prefix_seen = (queried, hit)
             self.prefix_held.labels(m).set(prefix.held_bytes())
+        spec = engine.speculation
+        if spec is not None:
+            self.spec_drafts.labels(m).inc(spec.num_proposed - self._spec_seen[0])
+            self.spec_accepted.labels(m).inc(spec.num_accepted - self._spec_seen[1])
+            self._spec_seen = (spec.num_proposed, spec.num_accepted)
         if sched.num_preemptions > self._preemptions_seen:
             self.preemptions.labels(m).inc(sched.num_preemptions - self._preemptions_seen)
             self._preemptions_seen = sched.num_preemptions

@@ -1,12 +1,15 @@
-"""The HTTP server with prefix caching on a lightning / full / sliding-window hybrid: a multi-turn
-chat through the real OpenAI client gives the same text as the uncached offline engine, reports
-the cached prompt tokens in `usage.prompt_tokens_details.cached_tokens` and in /metrics, and a
-client that leaves mid-stream leaves nothing held but the cached prefixes."""
+"""The HTTP server with prefix caching and speculative decoding (n-gram proposals) on a lightning /
+full / sliding-window hybrid: a multi-turn chat through the real OpenAI client gives the same text
+as the plain offline engine (no cache reuse, no speculation), reports the cached prompt tokens in
+`usage.prompt_tokens_details.cached_tokens` and in /metrics; concurrent streams with different
+acceptance equal their offline text; a client that leaves mid-stream leaves nothing held but the
+cached prefixes."""
 
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -26,7 +29,9 @@ BLOCK = 8
 def served(tmp_path_factory):
     folder = save_model(tmp_path_factory.mktemp("served") / "model")
     model, tokenizer = load_for_serving(folder, "cpu")
-    config = EngineConfig(**ENGINE, block_size=BLOCK, enable_prefix_caching=True)
+    config = EngineConfig(
+        **ENGINE, block_size=BLOCK, enable_prefix_caching=True, speculative="ngram", num_speculative_tokens=3
+    )
     engine = LLMEngine(model, tokenizer, config)
     app = build_app(engine, ServerOptions("tiny", api_key=KEY, max_body_bytes=64 * 1024))
     port = free_port()
@@ -69,9 +74,29 @@ def test_multi_turn_chat_hits_and_equals_uncached(served):
     assert metric(url, "prefix_cache_held_bytes") > 0
 
 
+def test_concurrent_streams_with_speculation_equal_offline_text(served):
+    client, engine, uncached, _ = served
+    prompts = ["abcabcabcabc", "the cat, the cat, the cat", "0123456789" * 3, "zq"]
+
+    def ask(prompt):
+        stream = client.completions.create(
+            model="tiny", prompt=prompt, max_tokens=24, temperature=0, stream=True
+        )
+        return "".join(chunk.choices[0].text for chunk in stream)
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        got = list(pool.map(ask, prompts))
+    want = uncached.generate(prompts, SamplingParams(max_tokens=24), use_tqdm=False)
+    assert got == [w.text for w in want]
+    assert engine.speculation.stats()["accepted"] > 0
+    assert metric(served[3], "spec_decode_num_accepted_tokens_total") == engine.speculation.num_accepted
+
+
 def test_aborted_stream_frees_all_but_the_cached_prefixes(served):
     client, engine, _, url = served
-    stream = client.completions.create(model="tiny", prompt="x" * 40, max_tokens=200, stream=True, temperature=0)
+    stream = client.completions.create(
+        model="tiny", prompt="x" * 40, max_tokens=200, stream=True, temperature=0
+    )
     next(iter(stream))
     stream.close()
     deadline = time.monotonic() + 10
