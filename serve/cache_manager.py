@@ -11,7 +11,10 @@ Layers are grouped by what their cache needs (archs/state.py specs):
 
 The budget is split once, at start: enough slots and window blocks for `max_seqs` sequences
 (fewer when memory is short, but always enough room for one sequence of max_model_len), and
-every remaining byte to paged blocks. Storage is allocated then, so serving never allocates cache
+every remaining byte to paged blocks. With prefix caching (prefix_cache.py) blocks are
+reference-counted and cached prefixes stay in the same pools; recurrent-state checkpoints take
+pages of the paged pool (or, without paged layers, checkpoint-sized pages from the rest of the
+budget), and everything the tree alone holds is evicted before a running request is preempted. Storage is allocated then, so serving never allocates cache
 memory again and cannot run out of it: admission waits, and a running sequence that needs a
 block when none is free preempts the youngest one (the scheduler recomputes it later).
 """
@@ -201,7 +204,7 @@ class CacheManager:
         ]
         for i, slots in enumerate(self._recurrent):
             slots.seed = i
-        self.prefix = self.checkpoints = None
+        self.prefix = self.checkpoints = self.checkpoint_pool = self._checkpoint_pages = None
         self.checkpoint_pool_name = CHECKPOINTS
         if config.enable_prefix_caching:
             if self._recurrent:
@@ -256,7 +259,7 @@ class CacheManager:
                 return x.nbytes()
             return sum(size(y) for y in x)
 
-        extra = getattr(self, "_checkpoint_pages", None)
+        extra = self._checkpoint_pages
         return sum(size(s) for s in self.storage) + (0 if extra is None else size(extra))
 
     # --- pools -----------------------------------------------------------------------------------
@@ -265,7 +268,7 @@ class CacheManager:
 
     def all_pool_names(self) -> list[str]:
         names = list(self.pools)
-        return names + [CHECKPOINTS] if hasattr(self, "checkpoint_pool") else names
+        return names if self.checkpoint_pool is None else [*names, CHECKPOINTS]
 
     def block_bytes(self, group: str) -> int:
         return self.block_size * self.token_bytes[group]
