@@ -290,10 +290,14 @@ def register_prefix(bench) -> None:
     few.add_argument("--wave", type=positive_int, default=d.wave, help="few-shot requests submitted at once")
     eng = p.add_argument_group("engine")
     eng.add_argument("--cache-memory", default="auto",
-                     help="cache budget: 'auto' (per family and workload: --cache-fraction of what caching every "
-                     "prefix would take, at least the running batch), or bytes / '64MiB'")  # fmt: skip
-    eng.add_argument("--cache-fraction", type=float, default=d.cache_fraction,
-                     help="with --cache-memory auto: the share of the cached prefixes that fits (> 0)")  # fmt: skip
+                     help="cache budget: 'auto' (per family and workload: --cache-fraction of what caching "
+                     "every prefix would take, at least the running batch), or bytes / '64MiB'")  # fmt: skip
+    eng.add_argument(
+        "--cache-fraction",
+        type=float,
+        default=d.cache_fraction,
+        help="with --cache-memory auto: the share of the cached prefixes that fits (> 0)",
+    )
     eng.add_argument(
         "--max-num-seqs", type=positive_int, default=d.max_num_seqs, help="requests running at once"
     )
@@ -307,9 +311,9 @@ def register_prefix(bench) -> None:
     model.add_argument("--heads", type=positive_int, default=d.heads)
     model.add_argument("--window", type=positive_int, default=d.window, help="SWA window (swa, gemma3-5to1)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument(
-        "--threads", type=positive_int, default=None, help="torch CPU threads (default: every core)"
-    )
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: every core but one; 2 threads on a busy 2-core machine "
+                   "spin-wait and make times noisy)")  # fmt: skip
     add_kernels_option(p)
     p.set_defaults(func=cmd_bench_prefix)
 
@@ -342,8 +346,7 @@ def cmd_bench_prefix(args) -> int:
         opts.check()
     except ValueError as e:
         return fail(str(e))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - 1))
     Path(opts.out).mkdir(parents=True, exist_ok=True)  # an output folder that cannot be written fails first
     print(f"attnlab bench prefix: {', '.join(opts.families)} x {', '.join(opts.workloads)}, "
           f"{torch.get_num_threads()} threads -> {opts.out}", flush=True)  # fmt: skip

@@ -61,14 +61,14 @@ class PrefixBenchOptions:
     families: list[str] = field(default_factory=lambda: list(DEFAULT_FAMILIES))
     workloads: list[str] = field(default_factory=lambda: list(WORKLOADS))
     # chat
-    conversations: int = 12
+    conversations: int = 10
     turns: tuple[int, int] = (4, 8)  # each conversation's turns, drawn uniformly from [lo, hi]
     system_len: int = 256
     user_len: int = 64  # a user message, and a few-shot question
     new_tokens: int = 32  # output tokens of every request (a few-shot answer is as long)
     # few-shot
     shots: int = 8
-    few_shot_requests: int = 32
+    few_shot_requests: int = 24
     wave: int = 2  # few-shot requests submitted at once
     # engine
     cache_memory: int | None = None  # bytes; None: auto_budget per family and workload
@@ -272,15 +272,16 @@ def engine_config(config: str, budget: int, workload: Workload, opts: PrefixBenc
 
 def serve_rounds(engine: LLMEngine, workload: Workload, new_tokens: int) -> dict:
     """Submit the workload round by round; -> outputs (request id -> tokens), per-request numbers,
-    the summed time of the rounds, and the prefix cache's peak held bytes and checkpoints (read
-    between rounds, when no request runs and everything cached is held by the tree alone)."""
+    the summed wall and CPU time of the rounds (CPU time varies less on a shared machine), and the
+    prefix cache's peak held bytes and checkpoints (read between rounds, when no request runs and
+    everything cached is held by the tree alone)."""
     params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
     prefix = engine.cache.prefix
-    tokens, finished, wall = {}, [], 0.0
+    tokens, finished, wall, cpu = {}, [], 0.0, 0.0
     peak_held = peak_checkpoints = 0
     for i in range(workload.rounds):
         batch = workload.round(i, tokens)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for rid, prompt in batch:
             engine.add_request(prompt, params, request_id=rid, arrival_time=start)
         left, idle = {rid for rid, _ in batch}, 0
@@ -295,12 +296,13 @@ def serve_rounds(engine: LLMEngine, workload: Workload, new_tokens: int) -> dict
             if idle > 2:
                 raise RuntimeError(f"the engine makes no progress: {len(left)} requests wait, none runs")
         wall += time.perf_counter() - start
+        cpu += time.process_time() - cpu_start
         if prefix is not None:
             stats = prefix.stats()
             peak_held = max(peak_held, stats["held_bytes"])
             peak_checkpoints = max(peak_checkpoints, stats["checkpoints"])
     return {
-        "tokens": tokens, "finished": finished, "wall_s": wall,
+        "tokens": tokens, "finished": finished, "wall_s": wall, "cpu_s": cpu,
         "held_bytes_peak": peak_held, "checkpoints_peak": peak_checkpoints,
     }  # fmt: skip
 
@@ -355,6 +357,7 @@ def run_config(model, workload: Workload, config: str, budget: int, opts: Prefix
         "ttft_p50_s": percentile(ttft, 50),
         "ttft_p90_s": percentile(ttft, 90),
         "wall_s": wall,
+        "cpu_s": served["cpu_s"],
         "tokens_per_s": (prompt_tokens + output_tokens) / wall,
         "output_tokens_per_s": output_tokens / wall,
         "held_bytes_peak": served["held_bytes_peak"],
@@ -391,10 +394,11 @@ def build_model(family: str, opts: PrefixBenchOptions, positions: int):
 
 
 def plan_budgets(models: dict, workloads: dict[str, Workload], opts: PrefixBenchOptions) -> dict:
-    """ "family/workload" -> the cache budget of its runs, the prefix footprint, and the running
+    """family -> workload -> the cache budget of its runs, the prefix footprint, and the running
     batch's need; a given --cache-memory too small for one sequence fails here, before any run."""
     plan = {}
     for family, model in models.items():
+        plan[family] = {}
         for name, w in workloads.items():
             length = max_len(w, opts.block_size)
             if opts.cache_memory is not None:
@@ -404,7 +408,7 @@ def plan_budgets(models: dict, workloads: dict[str, Workload], opts: PrefixBench
                         f"--cache-memory {human_bytes(opts.cache_memory)}: {family} needs at least "
                         f"{human_bytes(one)} to run one sequence of the {name} workload ({length} tokens)"
                     )
-            plan[f"{family}/{name}"] = {
+            plan[family][name] = {
                 "budget_bytes": opts.cache_memory or auto_budget(model, w, opts),
                 "prefix_footprint_bytes": prefix_footprint(model, w, opts.block_size),
                 "running_batch_bytes": running_budget(model, w, opts),
@@ -429,14 +433,15 @@ def run(opts: PrefixBenchOptions, progress: bool = True) -> dict:
     for family, model in models.items():
         warm_up(model, opts)
         for name, workload in workloads.items():
-            budget = budgets[f"{family}/{name}"]["budget_bytes"]
-            reference, off_wall = None, None
+            budget = budgets[family][name]["budget_bytes"]
+            reference, off = None, None
             for config in CONFIGS:
                 bar.set_postfix_str(f"{family} {name} {config}")
                 row, tokens = run_config(model, workload, config, budget, opts, reference)
                 if config == "off":
-                    reference, off_wall = tokens, row["wall_s"]
-                row["speedup_vs_off"] = off_wall / row["wall_s"]
+                    reference, off = tokens, row
+                row["speedup_vs_off"] = off["wall_s"] / row["wall_s"]
+                row["cpu_speedup_vs_off"] = off["cpu_s"] / row["cpu_s"]
                 runs.append({"family": family, "workload": name, **row})
                 bar.update(1)
     bar.close()

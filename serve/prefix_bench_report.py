@@ -11,7 +11,7 @@ from ..kernels import describe_kernels
 TITLES = {"chat": "Multi-turn chat", "few-shot": "Few-shot"}
 COLUMNS = [
     "family", "config", "hit rate", "TTFT p50", "TTFT mean", "tok/s", "out tok/s", "speedup vs off",
-    "held MiB peak / end", "checkpoints", "evictions", "preemptions",
+    "CPU-time speedup", "held MiB peak / end", "checkpoints", "evictions", "preemptions",
 ]  # fmt: skip
 MIB = 2**20
 
@@ -47,6 +47,7 @@ def cells(run: dict) -> list[str]:
         f"{run['tokens_per_s']:,.0f}",
         f"{run['output_tokens_per_s']:,.1f}",
         f"{run['speedup_vs_off']:.2f}x",
+        f"{run['cpu_speedup_vs_off']:.2f}x",
         f"{run['held_bytes_peak'] / MIB:.1f} / {run['held_bytes_end'] / MIB:.1f}",
         str(run["checkpoints_end"]),
         str(run["evictions"]),
@@ -71,49 +72,59 @@ def _workload_line(name: str, o: dict, w: dict) -> str:
 
 
 def markdown(results: dict) -> str:
-    o, m = results["options"], results["machine"]
-    budget = (
-        f"{o['cache_memory'] / MIB:.1f} MiB for every run"
-        if o["cache_memory"]
-        else f"per family and workload, {o['cache_fraction']:g} of what caching every prefix would take "
-        "(each distinct token's cache, and for recurrent layers two state checkpoints per request), but at "
-        "least the running batch at the longest sequence"
-    )
-    lines = [
-        f"# Prefix caching benchmark ({m['processor']}, {m['threads']} threads)",
-        "",
-        f"d {o['hidden']}, {o['layers']} layers, {o['heads']} heads, vocab 256, fp32, random weights; block "
-        f"{o['block_size']} tokens, at most {o['max_num_seqs']} requests running at once; greedy, fixed output "
-        f"length. Configs: `off` no prefix caching; `cost` prefix caching, eviction by recency + FLOPs saved "
-        f"per byte; `lru` least recently used; `interval` cost, with state checkpoints every {o['interval']} "
-        f"tokens instead of where they pay. Cache budget: {budget}. Hit rate = cached prompt tokens / prompt "
-        "tokens; TTFT from submission (a round's requests queue behind each other); tok/s = (prompt + output) "
-        "tokens / wall time of the rounds; held = bytes held by cached prefixes alone, between rounds. "
-        "Hit rates, checkpoints, evictions and preemptions do not depend on timing (a rerun gives the same); "
-        f"times do. Whole run {results['wall_s'] / 60:.1f} min.",
-        "",
-        "Layouts: " + ", ".join(f"{f} `{lay}`" for f, lay in results["layouts"].items()),
-    ]
+    lines = _preamble(results)
     for name, w in results["workloads"].items():
         runs = [r for r in results["runs"] if r["workload"] == name]
         budgets = ", ".join(
-            f"{f} {b['budget_bytes'] / MIB:.1f} MiB (of {b['prefix_footprint_bytes'] / MIB:.1f})"
-            for key, b in results["budgets"].items()
-            if (f := key.split("/")[0]) and key.endswith(f"/{name}")
+            f"{family} {b['budget_bytes'] / MIB:.1f} MiB (of {b['prefix_footprint_bytes'] / MIB:.1f})"
+            for family, b in ((f, per[name]) for f, per in results["budgets"].items())
         )
         lines += [
             "",
             f"## {TITLES.get(name, name)}",
             "",
-            _workload_line(name, o, w),
-            f"Budgets (of the prefix footprint): {budgets}.",
+            _workload_line(name, results["options"], w),
+            f"Cache budgets (of the prefix footprint): {budgets}.",
             "",
             "| " + " | ".join(COLUMNS) + " |",
             "|---|---|" + "---:|" * (len(COLUMNS) - 2),
+            *("| " + " | ".join(cells(r)) + " |" for r in runs),
+            "",
+            "What it says:",
+            "",
+            *(f"- {s}" for s in findings(runs)),
         ]
-        lines += ["| " + " | ".join(cells(r)) + " |" for r in runs]
-        lines += ["", "What it says:", "", *(f"- {s}" for s in findings(runs))]
     return "\n".join(lines) + "\n"
+
+
+def _preamble(results: dict) -> list[str]:
+    o, m = results["options"], results["machine"]
+    if o["cache_memory"]:
+        budget = f"{o['cache_memory'] / MIB:.1f} MiB for every run"
+    else:
+        budget = (
+            f"per family and workload, {o['cache_fraction']:g} of what caching every prefix would take "
+            "(each distinct token's cache, and for recurrent layers two state checkpoints per request), but "
+            "at least the running batch at the longest sequence"
+        )
+    return [
+        f"# Prefix caching benchmark ({m['processor']}, {m['threads']} threads)",
+        "",
+        f"d {o['hidden']}, {o['layers']} layers, {o['heads']} heads, vocab 256, fp32, random weights; block "
+        f"{o['block_size']} tokens, at most {o['max_num_seqs']} requests running at once; greedy, fixed "
+        "output length. Configs: `off` no prefix caching; `cost` prefix caching, eviction by recency + FLOPs "
+        "saved per byte; `lru` least recently used; `interval` cost, with state checkpoints every "
+        f"{o['interval']} tokens instead of where they pay. Cache budget: {budget}.",
+        "",
+        "Hit rate = cached prompt tokens / prompt tokens; TTFT from submission (a round's requests queue "
+        "behind each other); tok/s = (prompt + output) tokens / wall time of the rounds; CPU-time speedup = "
+        "`off`'s process CPU time / the run's (steadier than wall time when other work shares the cores); "
+        "held = bytes held by cached prefixes alone, between rounds. Hit rates, checkpoints, evictions and "
+        "preemptions do not depend on timing (a rerun gives the same); times do. Whole run "
+        f"{results['wall_s'] / 60:.1f} min.",
+        "",
+        "Layouts: " + ", ".join(f"{f} `{lay}`" for f, lay in results["layouts"].items()),
+    ]
 
 
 def findings(runs: list[dict]) -> list[str]:
@@ -168,7 +179,8 @@ def _interval_against_cost(by: dict, families: list[str]) -> list[str]:
         i, c = by[f, "interval"], by[f, "cost"]
         parts.append(
             f"{f} hit rate {_pct(i['hit_rate'])} vs {_pct(c['hit_rate'])}, {i['checkpoints_peak']} vs "
-            f"{c['checkpoints_peak']} checkpoints at peak, {i['speedup_vs_off']:.2f}x vs {c['speedup_vs_off']:.2f}x"
+            f"{c['checkpoints_peak']} checkpoints at peak, {i['speedup_vs_off']:.2f}x vs "
+            f"{c['speedup_vs_off']:.2f}x"
         )
     if not parts:
         return []

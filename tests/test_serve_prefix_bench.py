@@ -25,7 +25,8 @@ from attnlab.serve.prefix_bench import (
 
 TINY = ["--families", "full,qwen3next-3to1", "--conversations", "3", "--turns", "2:3", "--system-len", "32",
         "--user-len", "8", "--new-tokens", "4", "--shots", "3", "--few-shot-requests", "8", "--wave", "2",
-        "--hidden", "32", "--layers", "4", "--heads", "2", "--block-size", "4", "--max-num-seqs", "2"]  # fmt: skip
+        "--hidden", "32", "--layers", "4", "--heads", "2", "--block-size", "4", "--max-num-seqs", "2",
+        "--threads", "1"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,7 @@ def test_tiny_run_covers_every_family_workload_and_config(tiny_run):
         assert 0 < r["ttft_p50_s"] <= r["ttft_p90_s"]
         off = runs[family, workload, "off"]
         assert r["speedup_vs_off"] == pytest.approx(off["wall_s"] / r["wall_s"])
+        assert r["cpu_speedup_vs_off"] == pytest.approx(off["cpu_s"] / r["cpu_s"])
         assert r["prompt_tokens"] == off["prompt_tokens"]  # the same outputs, so the same later prompts
         if config == "off":
             assert r["hit_rate"] == 0 and r["held_bytes_peak"] == r["evictions"] == r["checkpoints_peak"] == 0
@@ -85,11 +87,12 @@ def test_markdown_tables_match_the_json(tiny_run):
         rows = tables[title]
         assert len(rows) == len(runs)
         for row, r in zip(rows, runs, strict=True):
-            family, config, hit, _, _, tps, _, speedup, held, ckpts, evictions, preemptions = row
+            family, config, hit, _, _, tps, _, speedup, cpu_speedup, held, ckpts, evictions, preemptions = row
             assert (family, config) == (r["family"], r["config"])
             assert float(hit.rstrip("%")) == pytest.approx(100 * r["hit_rate"], abs=0.051)
             assert float(tps.replace(",", "")) == pytest.approx(r["tokens_per_s"], abs=0.51)
             assert float(speedup.rstrip("x")) == pytest.approx(r["speedup_vs_off"], abs=0.0051)
+            assert float(cpu_speedup.rstrip("x")) == pytest.approx(r["cpu_speedup_vs_off"], abs=0.0051)
             peak, end = (float(x) for x in held.split(" / "))
             assert peak == pytest.approx(r["held_bytes_peak"] / 2**20, abs=0.051)
             assert end == pytest.approx(r["held_bytes_end"] / 2**20, abs=0.051)
