@@ -266,7 +266,7 @@ def register_prefix(bench) -> None:
         help="prefix caching per family: hit rate, TTFT, speedup on multi-turn chat and few-shot workloads",
         description="Prefix caching off / cost / lru / interval for each family on a multi-turn chat and a "
         "few-shot workload, under a cache budget where the cached prefixes do not all fit. The default run "
-        "takes about 8 minutes on a 2-core CPU.",
+        "takes about 6 minutes on a 2-core CPU (1 thread).",
     )  # fmt: skip
     p.add_argument(
         "--out", type=Path, default=Path("runs/bench-prefix"), help="run directory (JSON + markdown)"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import random
 import statistics
@@ -102,8 +103,8 @@ class PrefixBenchOptions:
             raise ValueError(
                 f"--interval {self.interval}: must be a positive multiple of --block-size {self.block_size}"
             )
-        if not 0 < self.cache_fraction:
-            raise ValueError(f"--cache-fraction {self.cache_fraction}: must be > 0")
+        if not 0 < self.cache_fraction < math.inf:
+            raise ValueError(f"--cache-fraction {self.cache_fraction}: must be a finite number > 0")
 
 
 # --- workloads ------------------------------------------------------------------------------------
@@ -452,6 +453,7 @@ def run(opts: PrefixBenchOptions, progress: bool = True) -> dict:
         "budgets": budgets,
         "machine": {
             "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "time": time.strftime("%Y-%m-%d %H:%M:%S"),

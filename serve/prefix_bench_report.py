@@ -141,10 +141,23 @@ def findings(runs: list[dict]) -> list[str]:
     ]
 
 
+def _cache_behaviour(run: dict) -> tuple:
+    """What does not depend on timing: runs alike in it differ in speed by noise only."""
+    return run["cached_tokens"], run["evictions"], run["checkpoints_end"], run["preemptions"]
+
+
 def _winner(family: str, rows: list[dict]) -> str:
     best = max(rows, key=lambda r: r["speedup_vs_off"])
+    alike = [r for r in rows if _cache_behaviour(r) == _cache_behaviour(best)]
     if best["config"] == "off":
         text = f"{family}: fastest is `off` (no prefix-caching configuration beat it)"
+    elif len(alike) > 1:
+        speeds = [r["speedup_vs_off"] for r in alike]
+        text = (
+            f"{family}: " + ", ".join(f"`{r['config']}`" for r in alike) + " cache alike (the same hits, "
+            f"evictions and checkpoints) at a {_pct(best['hit_rate'])} hit rate, {min(speeds):.2f}-"
+            f"{max(speeds):.2f}x the speed of `off` (their spread is timing noise)"
+        )
     else:
         text = (
             f"{family}: fastest is `{best['config']}`, {best['speedup_vs_off']:.2f}x the speed of `off` "
@@ -162,9 +175,9 @@ def _cost_against_lru(by: dict, families: list[str]) -> list[str]:
     if not pairs:
         return []
     groups = {
-        "higher": [f for f, c, lru in pairs if c > lru + 1e-9],
+        "higher": [f"{f} ({_pct(c)} vs {_pct(lru)})" for f, c, lru in pairs if c > lru + 1e-9],
         "equal": [f for f, c, lru in pairs if abs(c - lru) <= 1e-9],
-        "lower": [f for f, c, lru in pairs if c < lru - 1e-9],
+        "lower": [f"{f} ({_pct(c)} vs {_pct(lru)})" for f, c, lru in pairs if c < lru - 1e-9],
     }
     parts = [f"{word} for {', '.join(fs)}" for word, fs in groups.items() if fs]
     return ["`cost` eviction against `lru`, hit rate: " + "; ".join(parts) + "."]
