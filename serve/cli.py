@@ -77,6 +77,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_bench_serve)
     register_crossover(bench)
     register_state_precision(bench)
+    register_prefix(bench)
     register_serve(sub)
 
 
@@ -235,6 +236,125 @@ def cmd_bench_state_precision(args) -> int:
         print(f"attnlab bench state-precision: error: {e}", file=sys.stderr)
         return 2
     print((opts.out / "state_precision.md").read_text())
+    return 0
+
+
+def _turns(text: str) -> tuple[int, int]:
+    """'4:8' (each conversation's turns drawn from 4..8) or '6' (every conversation 6 turns)."""
+    try:
+        lo, _, hi = text.partition(":")
+        lo, hi = int(lo), int(hi or lo)
+    except ValueError:
+        lo = hi = 0
+    if not 1 <= lo <= hi:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected LO:HI with 1 <= LO <= HI (e.g. 4:8), or one count"
+        )
+    return lo, hi
+
+
+def register_prefix(bench) -> None:
+    from attnlab.common import positive_int
+    from attnlab.kernels import add_kernels_option
+
+    from .crossover import FAMILIES
+    from .prefix_bench import WORKLOADS, PrefixBenchOptions
+
+    d = PrefixBenchOptions()
+    p = bench.add_parser(
+        "prefix",
+        help="prefix caching per family: hit rate, TTFT, speedup on multi-turn chat and few-shot workloads",
+        description="Prefix caching off / cost / lru / interval for each family on a multi-turn chat and a "
+        "few-shot workload, under a cache budget where the cached prefixes do not all fit. The default run "
+        "takes about 6 minutes on a 2-core CPU (1 thread).",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/bench-prefix"), help="run directory (JSON + markdown)"
+    )
+    p.add_argument("--families", type=_list("families", list(FAMILIES)), default=d.families)
+    p.add_argument("--workloads", type=_list("workloads", list(WORKLOADS)), default=d.workloads)
+    chat = p.add_argument_group("multi-turn chat")
+    chat.add_argument("--conversations", type=positive_int, default=d.conversations)
+    chat.add_argument("--turns", type=_turns, default=d.turns, metavar="LO:HI",
+                      help="turns per conversation, drawn from LO..HI (default 4:8)")  # fmt: skip
+    chat.add_argument(
+        "--system-len", type=positive_int, default=d.system_len, help="shared system prompt tokens"
+    )
+    chat.add_argument("--user-len", type=positive_int, default=d.user_len,
+                      help="tokens of a user message (and of a few-shot question)")  # fmt: skip
+    chat.add_argument("--new-tokens", type=positive_int, default=d.new_tokens,
+                      help="output tokens of every request (and of a few-shot example's answer)")  # fmt: skip
+    few = p.add_argument_group("few-shot")
+    few.add_argument("--shots", type=positive_int, default=d.shots, help="examples in the shared prefix")
+    few.add_argument("--few-shot-requests", type=positive_int, default=d.few_shot_requests)
+    few.add_argument("--wave", type=positive_int, default=d.wave, help="few-shot requests submitted at once")
+    eng = p.add_argument_group("engine")
+    eng.add_argument("--cache-memory", default="auto",
+                     help="cache budget: 'auto' (per family and workload: --cache-fraction of what caching "
+                     "every prefix would take, at least the running batch), or bytes / '64MiB'")  # fmt: skip
+    eng.add_argument(
+        "--cache-fraction",
+        type=float,
+        default=d.cache_fraction,
+        help="with --cache-memory auto: the share of the cached prefixes that fits (> 0)",
+    )
+    eng.add_argument(
+        "--max-num-seqs", type=positive_int, default=d.max_num_seqs, help="requests running at once"
+    )
+    eng.add_argument("--block-size", type=positive_int, default=d.block_size)
+    eng.add_argument("--interval", type=positive_int, default=None,
+                     help="checkpoint spacing of the `interval` config, a multiple of --block-size "
+                     "(default 4 blocks)")  # fmt: skip
+    model = p.add_argument_group("models (random weights)")
+    model.add_argument("--hidden", type=positive_int, default=d.hidden)
+    model.add_argument("--layers", type=positive_int, default=d.layers)
+    model.add_argument("--heads", type=positive_int, default=d.heads)
+    model.add_argument("--window", type=positive_int, default=d.window, help="SWA window (swa, gemma3-5to1)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: every core but one; 2 threads on a busy 2-core machine "
+                   "spin-wait and make times noisy)")  # fmt: skip
+    add_kernels_option(p)
+    p.set_defaults(func=cmd_bench_prefix)
+
+
+def cmd_bench_prefix(args) -> int:
+    import torch
+
+    from .config import parse_memory
+    from .prefix_bench import PrefixBenchOptions, run
+
+    def fail(message: str) -> int:
+        print(f"attnlab bench prefix: error: {message}", file=sys.stderr)
+        return 2
+
+    budget = None
+    if args.cache_memory != "auto":
+        try:
+            budget = parse_memory(args.cache_memory, torch.device("cpu"))
+        except ValueError as e:
+            return fail(f"--cache-memory: {e}; or 'auto'")
+    opts = PrefixBenchOptions(
+        out=args.out, families=args.families, workloads=args.workloads, conversations=args.conversations,
+        turns=args.turns, system_len=args.system_len, user_len=args.user_len, new_tokens=args.new_tokens,
+        shots=args.shots, few_shot_requests=args.few_shot_requests, wave=args.wave, cache_memory=budget,
+        cache_fraction=args.cache_fraction, max_num_seqs=args.max_num_seqs, block_size=args.block_size,
+        interval=args.interval, hidden=args.hidden, layers=args.layers, heads=args.heads, window=args.window,
+        seed=args.seed,
+    )  # fmt: skip
+    try:
+        opts.check()
+    except ValueError as e:
+        return fail(str(e))
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - 1))
+    Path(opts.out).mkdir(parents=True, exist_ok=True)  # an output folder that cannot be written fails first
+    print(f"attnlab bench prefix: {', '.join(opts.families)} x {', '.join(opts.workloads)}, "
+          f"{torch.get_num_threads()} threads -> {opts.out}", flush=True)  # fmt: skip
+    try:
+        run(opts)
+    except ValueError as e:  # e.g. a budget too small for one sequence
+        return fail(str(e))
+    print((opts.out / "prefix.md").read_text())
     return 0
 
 

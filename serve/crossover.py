@@ -135,12 +135,15 @@ def seat_with_context(engine: LLMEngine, length: int, params: SamplingParams, re
     sched.running.append(req)
 
 
-def _probe(model, budget: int, seqs: int, max_len: int, chunk: int) -> CacheManager | None:
+def _probe(
+    model, budget: int, seqs: int, max_len: int, chunk: int, block_size: int = 16
+) -> CacheManager | None:
     """The engine's allocator for this budget, on the meta device (sizes only, no memory)."""
     specs = [m.cache_spec() for m in model.mixers()]
     config = EngineConfig(
-        cache_memory=budget, max_num_seqs=seqs, max_num_batched_tokens=chunk, max_model_len=max_len
-    )
+        cache_memory=budget, max_num_seqs=seqs, max_num_batched_tokens=chunk, max_model_len=max_len,
+        block_size=block_size,
+    )  # fmt: skip
     try:
         return CacheManager(specs, config, model.dtype, "meta", max_len)
     except ValueError:
@@ -155,14 +158,18 @@ def _fits(cache: CacheManager | None, seqs: int, length: int) -> bool:
     )
 
 
-def cache_budget(model, seqs: int, max_len: int, chunk: int) -> int:
+def cache_budget(model, seqs: int, max_len: int, chunk: int, block_size: int = 16) -> int:
     """The smallest budget (to 1%) in which the allocator holds `seqs` sequences of `max_len`."""
+
+    def fits(budget: int) -> bool:
+        return _fits(_probe(model, budget, seqs, max_len, chunk, block_size), seqs, max_len)
+
     lo, hi = 1 << 16, 1 << 20
-    while not _fits(_probe(model, hi, seqs, max_len, chunk), seqs, max_len):
+    while not fits(hi):
         lo, hi = hi, hi * 2
     while hi - lo > hi // 100:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if _fits(_probe(model, mid, seqs, max_len, chunk), seqs, max_len) else (mid, hi)
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
     return hi
 
 
