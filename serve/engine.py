@@ -220,10 +220,12 @@ class LLMEngine:
         if prefix is None or self.cache.checkpoints is None:
             return []
         captures = []
+        peers = shared_prefixes([req for req, n in scheduled if n > 1])
         for req, n in scheduled:
             holding, start = self.cache.holdings[req.request_id], req.num_computed
+            peer = peers.get(req.request_id, 0) // bs * bs or None  # a branch point within this step
             for at in range((start // bs + 1) * bs, start + n + 1, bs):
-                if prefix.wants_checkpoint(holding, req.all_token_ids, len(req.prompt_token_ids), at):
+                if prefix.wants_checkpoint(holding, req.all_token_ids, len(req.prompt_token_ids), at, peer):
                     pages = prefix.take_checkpoint_pages()
                     if pages is not None:
                         captures.append((req, at, pages))
@@ -269,3 +271,20 @@ class LLMEngine:
             num_draft_tokens=req.num_draft_tokens,
             num_accepted_tokens=req.num_accepted_tokens,
         )
+
+
+def shared_prefixes(reqs: list[Request]) -> dict[str, int]:
+    """Request id -> the longest prefix its tokens share with another of `reqs` (requests prefilled
+    in the same step branch there, and none has stored a state at the branch yet)."""
+    if len(reqs) < 2:
+        return {}
+    ordered = sorted(reqs, key=lambda r: r.all_token_ids)  # a longest shared prefix is a neighbour's
+    out = {r.request_id: 0 for r in reqs}
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        x, y = a.all_token_ids, b.all_token_ids
+        n = 0
+        while n < min(len(x), len(y)) and x[n] == y[n]:
+            n += 1
+        out[a.request_id] = max(out[a.request_id], n)
+        out[b.request_id] = max(out[b.request_id], n)
+    return out

@@ -16,7 +16,8 @@ Checkpoints are admitted where they pay (Marconi, arXiv 2411.19379): where a pro
 ends (its last block boundary before the last token, where a repeat of the prompt hits), at a
 branch point of the tree the request passes (the end of a
 shared system prompt or of an earlier turn, found when a second request leaves the path there),
-and at a sequence's last block boundary (the next turn of a chat resumes there); or, with
+and at a sequence's last block boundary (the next turn of a chat resumes there); requests
+prefilled in the same step that share a prefix also count as a branch; or, with
 `state_checkpoint_interval`, every that many tokens instead.
 
 Eviction frees what is held by the tree alone: a leaf (its blocks and checkpoint), a checkpoint
@@ -202,14 +203,18 @@ class PrefixCache:
         self._move(holding, node)
 
     # --- checkpoints -------------------------------------------------------------------------------
-    def wants_checkpoint(self, holding, tokens: list[int], prompt_len: int, at: int) -> bool:
-        """Whether to store the state after `at` tokens (a block boundary this step reaches)."""
+    def wants_checkpoint(
+        self, holding, tokens: list[int], prompt_len: int, at: int, peer_branch: int | None = None
+    ) -> bool:
+        """Whether to store the state after `at` tokens (a block boundary this step reaches).
+        peer_branch: where the request's tokens leave another's that is prefilled in the same step."""
         if self.interval is not None:
             wanted = at % self.interval == 0
         else:
-            # a branch point; the deepest point a repeat of this prompt can hit; a sequence end
+            # a branch point (with the tree, or with a request of this step); the deepest point a
+            # repeat of this prompt can hit; a sequence end
             last = (prompt_len - 1) // self.bs * self.bs
-            wanted = at == holding.branch or at == last or at >= prompt_len
+            wanted = at in (holding.branch, peer_branch, last) or at >= prompt_len
         if not wanted:
             return False
         node = holding.node  # is there a checkpoint at `at` already (another request's)?

@@ -161,6 +161,21 @@ def test_shared_system_prompt_branch_point(name, system_len):
     check_released(engine)
 
 
+@pytest.mark.parametrize("name", ["lightning", "hybrid-7to1", "intra-lightning-full"])
+def test_requests_prefilled_together_store_their_branch_point(name):
+    """Two requests that share a 21-token prefix arrive together (one step prefills both): neither
+    finds anything cached, but they branch inside block 5, so the state at 20 is stored; a third
+    request with the same prefix hits it."""
+    model = build(name)
+    engine = engine_for(model)
+    system = tokens(21, 22)
+    pair = run(engine, [system + tokens(5, 23), system + tokens(7, 24)])
+    (third,) = run(engine, [system + tokens(6, 25)])
+    assert [o.num_cached_tokens for o in [*pair, third]] == [0, 0, 20]
+    check_against_reference(model, [*pair, third])
+    check_released(engine)
+
+
 @pytest.mark.parametrize("name", ["full", "mla", "swa", "lightning", "hybrid-7to1"])
 def test_repeated_prompt(name):
     """The same 16-token prompt twice. Attention-only models cache all 16 tokens: the last block is
