@@ -13,11 +13,10 @@ except when its whole prompt is cached, and then the last block is copied first 
 and only its last token recomputed, for the logits. See docs/prefix_caching.md.
 
 Checkpoints are admitted where they pay (Marconi, arXiv 2411.19379): where a prompt's prefill
-ends (its last block boundary before the last token, where a repeat of the prompt hits), at a
-branch point of the tree the request passes (the end of a
-shared system prompt or of an earlier turn, found when a second request leaves the path there),
-and at a sequence's last block boundary (the next turn of a chat resumes there); requests
-prefilled in the same step that share a prefix also count as a branch; or, with
+ends (its last block boundary before the last token, where a repeat of the prompt hits); at a
+branch point the request passes (the end of a shared system prompt or of an earlier turn, found
+when a second request leaves the tree's path there, or where requests prefilled in the same step
+part); and at a sequence's last block boundary (the next turn of a chat resumes there). Or, with
 `state_checkpoint_interval`, every that many tokens instead.
 
 Eviction frees what is held by the tree alone: a leaf (its blocks and checkpoint), a checkpoint
