@@ -73,6 +73,7 @@ class ModelRunner:
             write_at=write_at,
             slot_ids=slot_ids,
             num_tokens=len(ids),
+            max_prefill_len=max(lens[num_decode:], default=0),
         )
         self.row_of = {}  # request id -> row of its first new token, minus its start position
         at = 0
