@@ -61,7 +61,7 @@ class SpecOptions:
     prompt_len: int = 384  # tokens (bytes) per prompt
     new_tokens: int = 64  # greedy tokens per request
     prompts: int = 8  # per workload; a batch of b runs them in groups of b
-    repeats: int = 3  # timed rounds per configuration, after one warm-up
+    repeats: int = 5  # timed rounds per configuration, after one warm-up
     models: Path | None = None  # folder of trained models to reuse (default: OUT/models)
     threads: int | None = 1
     jobs: int = 2  # models trained at once, one process each

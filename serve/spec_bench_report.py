@@ -181,6 +181,20 @@ def reading(results: dict) -> list[str]:
             for m in SPECULATIVE
         ]
         said.append("Mean speedup: " + "; ".join(parts) + ".")
+    models = results["models"]
+    close = [
+        f"{target} {models[target]['val_loss']:.2f} vs {draft} {models[draft]['val_loss']:.2f}"
+        for family, draft in results["drafts"].items()
+        if (target := f"target-{family}") in models
+        and None not in (models[target]["val_loss"], models[draft]["val_loss"])
+        and models[draft]["val_loss"] <= models[target]["val_loss"] + 0.05
+    ]
+    if close:
+        said.append(
+            "The drafts are about as good as their targets after this much training (val loss "
+            + "; ".join(close)
+            + "), which helps their acceptance."
+        )
     repeated = [c["repeated"] for c in cells]
     said.append(
         f"The targets' own greedy text loops: {_range(min(repeated), max(repeated))} of their output tokens "
