@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "serve": (("attnlab.serve.cli",), "OpenAI-compatible HTTP server (completions, chat, metrics)"),
     "bench": (
         ("attnlab.kernels.cli", "attnlab.train.bench_cli", "attnlab.serve.cli"),
-        "benchmarks (kernels, train-step, serve, crossover, state-precision, prefix)",
+        "benchmarks (kernels, train-step, serve, crossover, state-precision, prefix, spec)",
     ),
     "kernels": (("attnlab.kernels.cli",), "kernel harness: op definitions and backends"),
     "demo": (("attnlab.serve.demo",), "build one model of each mixer family, generate with its cache"),

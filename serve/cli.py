@@ -78,6 +78,7 @@ def register(sub) -> None:
     register_crossover(bench)
     register_state_precision(bench)
     register_prefix(bench)
+    register_spec(bench)
     register_serve(sub)
 
 
@@ -356,6 +357,43 @@ def cmd_bench_prefix(args) -> int:
         return fail(str(e))
     print((opts.out / "prefix.md").read_text())
     return 0
+
+
+def register_spec(bench) -> None:
+    from attnlab.common import positive_int
+    from attnlab.kernels import add_kernels_option
+
+    from .spec_bench import SpecOptions, command
+    from .spec_models import FAMILIES
+    from .spec_workloads import WORKLOADS
+
+    d = SpecOptions()
+    p = bench.add_parser(
+        "spec", help="speculative decoding: acceptance and speedup of n-gram lookup and a draft model"
+    )
+    p.add_argument("--out", type=Path, default=d.out, help="run directory (results.json, spec.md, models/)")
+    p.add_argument("--families", type=_list("families", list(FAMILIES)), default=d.families,
+                   help="targets: full (FFFF), lightning (LLLL), hybrid (LLLF); drafts: 1 layer (F, L, L)")  # fmt: skip
+    p.add_argument("--workloads", type=_list("workloads", list(WORKLOADS)), default=d.workloads,
+                   help="code: held-out stdlib code; copy: the eval suite's copy task")  # fmt: skip
+    p.add_argument("--batches", type=_list("batch sizes", cast=int), default=d.batches,
+                   help="requests decoding together (each a divisor of --prompts)")  # fmt: skip
+    p.add_argument("--k", type=positive_int, default=d.k, help="drafts per request and step")
+    p.add_argument("--prompt-len", type=positive_int, default=d.prompt_len, help="prompt tokens (bytes)")
+    p.add_argument("--new-tokens", type=positive_int, default=d.new_tokens, help="greedy tokens per request")
+    p.add_argument("--prompts", type=positive_int, default=d.prompts, help="prompts per workload")
+    p.add_argument("--repeats", type=positive_int, default=d.repeats, help="timed rounds (after a warm-up)")
+    p.add_argument("--train-steps", type=positive_int, default=d.train.steps,
+                   help="training steps of each model (models already trained are reused as they are)")  # fmt: skip
+    p.add_argument("--hidden", type=positive_int, default=d.train.hidden, help="width of the trained models")
+    p.add_argument("--models", type=Path, default=None, metavar="DIR",
+                   help="folder of trained models to reuse, missing ones trained there (default: OUT/models)")  # fmt: skip
+    p.add_argument("--threads", type=positive_int, default=d.threads,
+                   help="torch CPU threads (default 1: on a busy 2-core machine 2 threads spin and run 10x slower)")  # fmt: skip
+    p.add_argument("--jobs", type=positive_int, default=d.jobs, help="models trained at once")
+    p.add_argument("--seed", type=int, default=d.seed, help="which prompts")
+    add_kernels_option(p)
+    p.set_defaults(func=command)
 
 
 def add_prefix_caching_options(p) -> None:

@@ -33,7 +33,12 @@ class NgramProposer:
             tail, last = tokens[size - n :], tokens[-1]
             for j in range(size - n - 1, -1, -1):
                 if tokens[j + n - 1] == last and tokens[j : j + n] == tail:
-                    return tokens[j + n : j + n + k]
+                    # copy what followed the match, reading on into the copy itself, so that a
+                    # loop shorter than k still gives k tokens
+                    seq = list(tokens)
+                    for i in range(k):
+                        seq.append(seq[j + n + i])
+                    return seq[size:]
         return []
 
 

@@ -156,6 +156,8 @@ def test_ngram_proposer_takes_the_latest_longest_match():
     assert p.propose([1, 2, 3, 9, 1, 2, 3, 5, 6, 1, 2, 3], 2) == [5, 6]  # latest match of [1, 2, 3]
     assert p.propose([4, 5, 7, 7, 4, 5], 3) == [7, 7, 4]
     assert p.propose([1, 2, 3], 2) == []
+    assert p.propose([5] * 10, 3) == [5, 5, 5]  # a loop shorter than k repeats itself
+    assert p.propose([1, 2, 9, 1, 2], 4) == [9, 1, 2, 9]
 
 
 def test_greedy_acceptance_by_hand():
