@@ -34,6 +34,14 @@ def check_choice(value: Any, allowed: Iterable, where: str) -> None:
         raise ValueError(f"{where} = {value!r}; allowed: {', '.join(map(str, allowed))}")
 
 
+def check_subset(values: Any, allowed: Iterable, flag: str) -> None:
+    """A non-empty list of names, each one of `allowed` (a CLI list option such as --families)."""
+    allowed = tuple(allowed)
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        raise ValueError(f"{flag} {unknown or '(none)'}: allowed: {', '.join(map(str, allowed))}")
+
+
 def check_positive_int(value: Any, where: str) -> None:
     if not is_int(value) or value <= 0:
         fail(where, value, "must be a positive integer")

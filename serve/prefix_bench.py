@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..common import human_bytes
+from ..common import check_subset, human_bytes
 from ..kernels import kernel_record
 from .bench import percentile, random_model
 from .config import EngineConfig
@@ -90,12 +90,8 @@ class PrefixBenchOptions:
 
     def check(self) -> None:
         """Clear errors naming the flag and what it allows (the CLI's types check each alone)."""
-        unknown = [f for f in self.families if f not in FAMILIES]
-        if unknown or not self.families:
-            raise ValueError(f"--families {unknown or '(none)'}: allowed: {', '.join(FAMILIES)}")
-        unknown = [w for w in self.workloads if w not in WORKLOADS]
-        if unknown or not self.workloads:
-            raise ValueError(f"--workloads {unknown or '(none)'}: allowed: {', '.join(WORKLOADS)}")
+        check_subset(self.families, FAMILIES, "--families")
+        check_subset(self.workloads, WORKLOADS, "--workloads")
         lo, hi = self.turns
         if not 1 <= lo <= hi:
             raise ValueError(f"--turns {lo}:{hi}: expected LO:HI with 1 <= LO <= HI (e.g. 4:8)")

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..common import check_subset
 from ..kernels import describe_kernels, kernel_record
 from .config import EngineConfig
 from .engine import LLMEngine
@@ -71,12 +72,8 @@ class SpecOptions:
 
     def check(self) -> None:
         """Errors name the flag and what is allowed."""
-        unknown = [f for f in self.families if f not in FAMILIES]
-        if unknown or not self.families:
-            raise ValueError(f"--families {unknown or '(none)'}: allowed: {', '.join(FAMILIES)}")
-        unknown = [w for w in self.workloads if w not in WORKLOADS]
-        if unknown or not self.workloads:
-            raise ValueError(f"--workloads {unknown or '(none)'}: allowed: {', '.join(WORKLOADS)}")
+        check_subset(self.families, FAMILIES, "--families")
+        check_subset(self.workloads, WORKLOADS, "--workloads")
         if not self.batches or any(b <= 0 for b in self.batches):
             raise ValueError(f"--batches {self.batches}: must be positive integers")
         for name in ("k", "prompt_len", "new_tokens", "prompts", "repeats", "jobs"):

@@ -86,6 +86,14 @@ def served(tmp_path_factory):
     folder = save_model(tmp_path_factory.mktemp("served") / "model")
     model, tokenizer = load_for_serving(folder, "cpu")
     engine = LLMEngine(model, tokenizer, EngineConfig(**ENGINE))
+    url, stop = start_server(engine)
+    offline = LLM(model, tokenizer, **ENGINE)
+    yield Served(url, engine, offline, folder)
+    stop()
+
+
+def start_server(engine: LLMEngine):
+    """The API on a uvicorn thread -> (base URL, a function that stops it)."""
     app = build_app(engine, ServerOptions("tiny", api_key=KEY, max_body_bytes=64 * 1024))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -95,10 +103,12 @@ def served(tmp_path_factory):
     while not server.started:
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
-    offline = LLM(model, tokenizer, **ENGINE)
-    yield Served(f"http://127.0.0.1:{port}", engine, offline, folder)
-    server.should_exit = True
-    thread.join(30)
+
+    def stop():
+        server.should_exit = True
+        thread.join(30)
+
+    return f"http://127.0.0.1:{port}", stop
 
 
 PROMPTS = ["The cat sat on", "Attention is all", "q", "0123456789" * 5]

@@ -7,18 +7,15 @@ cached prefixes."""
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
-import uvicorn
-from test_serve_http import ENGINE, KEY, free_port, save_model
+from test_serve_http import ENGINE, KEY, save_model, start_server
 
 from attnlab.serve import LLM, EngineConfig, LLMEngine, SamplingParams
-from attnlab.serve.api_server import ServerOptions, build_app
 from attnlab.serve.chat_template import render_chat
 from attnlab.serve.llm import load_for_serving
 
@@ -33,20 +30,11 @@ def served(tmp_path_factory):
         **ENGINE, block_size=BLOCK, enable_prefix_caching=True, speculative="ngram", num_speculative_tokens=3
     )
     engine = LLMEngine(model, tokenizer, config)
-    app = build_app(engine, ServerOptions("tiny", api_key=KEY, max_body_bytes=64 * 1024))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
+    url, stop = start_server(engine)
     uncached = LLM(model, tokenizer, **ENGINE, block_size=BLOCK)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
-    yield client, engine, uncached, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(30)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    yield client, engine, uncached, url
+    stop()
 
 
 def metric(url: str, name: str) -> float:
