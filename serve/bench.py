@@ -11,6 +11,7 @@ Throughput is output tokens / wall time of the whole batch (prefill included), g
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -334,6 +335,7 @@ def environment() -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 

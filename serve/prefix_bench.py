@@ -24,20 +24,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from ..common import check_subset, human_bytes
 from ..kernels import kernel_record
-from .bench import percentile, random_model
+from .bench import environment, percentile, random_model
 from .config import EngineConfig
 from .crossover import FAMILIES, cache_budget, layout
 from .engine import LLMEngine
@@ -447,13 +444,7 @@ def run(opts: PrefixBenchOptions, progress: bool = True) -> dict:
         "workloads": {name: describe_workload(w) for name, w in workloads.items()},
         "layouts": {family: layout(family, opts.layers) for family in models},
         "budgets": budgets,
-        "machine": {
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        },
+        "machine": environment(),
         "wall_s": time.perf_counter() - started,
         "runs": runs,
         "kernels": kernel_record(),

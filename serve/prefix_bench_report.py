@@ -108,7 +108,7 @@ def _preamble(results: dict) -> list[str]:
             "at least the running batch at the longest sequence"
         )
     return [
-        f"# Prefix caching benchmark ({m['processor']}, {m['threads']} threads)",
+        f"# Prefix caching benchmark ({m['cpu']}, {m['threads']} threads)",
         "",
         f"d {o['hidden']}, {o['layers']} layers, {o['heads']} heads, vocab 256, fp32, random weights; block "
         f"{o['block_size']} tokens, at most {o['max_num_seqs']} requests running at once; greedy, fixed "

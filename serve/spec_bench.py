@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 
 from ..common import check_subset
 from ..kernels import describe_kernels, kernel_record
+from .bench import environment
 from .config import EngineConfig
 from .engine import LLMEngine
 from .sampling import SamplingParams
@@ -226,16 +226,6 @@ def measure_cell(
 # --- the run --------------------------------------------------------------------------------------
 
 
-def machine_info(threads: int) -> dict:
-    return {
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def load_models(records: dict, device: str) -> tuple[dict, object]:
     from ..evals import load_model
 
@@ -316,7 +306,7 @@ def run(opts: SpecOptions, progress: bool = True) -> dict:
             "modes": list(MODES),
         },
         "machine": {
-            **machine_info(torch.get_num_threads()),
+            **environment(),
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
         },

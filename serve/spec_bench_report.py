@@ -56,7 +56,7 @@ def header(results: dict) -> list[str]:
         f"tokens per request after a {o['prompt_len']}-token prompt; {o['prompts']} prompts per workload, "
         "decoded in groups of the batch size (batch 1: one after another), so every batch decodes the "
         f"same tokens; median of {o['repeats']} rounds after a warm-up, the modes taking turns "
-        f"({m['threads']} thread(s), {m['processor']}, {m['cpu_count']} cores; load average "
+        f"({m['threads']} thread(s), {m['cpu']}, {m['cpus']} cores; load average "
         f"{m['loadavg_before'][0]:.1f} before, {m['loadavg_after'][0]:.1f} after).",
         "",
         f"Targets: 4-layer byte-level LMs (width {t['hidden']}); drafts: 1-layer ones ({drafts}); all "

@@ -88,11 +88,6 @@ class CheckpointStore:
         data = _as_bytes(values) if scales is None else torch.cat([_as_bytes(values), _as_bytes(scales)])
         self.arena.write(pages, self.offsets[layer], data)
 
-    def save_slot(self, pages: list[int], slot: int) -> None:
-        """Copy every layer's state slot `slot` into a checkpoint's pages, as stored."""
-        for layer, slots in enumerate(self.layers):
-            self.arena.write(pages, self.offsets[layer], _slot_data(slots, slot))
-
     def restore(self, pages: list[int], slot: int) -> None:
         """Copy a checkpoint into state slot `slot` of every recurrent layer."""
         for layer, slots in enumerate(self.layers):
@@ -108,9 +103,3 @@ def _slot_bytes(slots: StateSlots) -> int:
     if slots.scales is not None:
         n += slots.scales[0].numel() * slots.scales.element_size()
     return n
-
-
-def _slot_data(slots: StateSlots, slot: int) -> torch.Tensor:
-    if slots.scales is None:
-        return _as_bytes(slots.values[slot])
-    return torch.cat([_as_bytes(slots.values[slot]), _as_bytes(slots.scales[slot])])
