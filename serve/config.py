@@ -73,6 +73,11 @@ class EngineConfig:
     draft_model: str | None = None
     ngram_max: int = 4
     ngram_min: int = 1
+    # Prefill scheduling (docs/layered_prefill.md): "chunked" splits prompts into token chunks
+    # mixed with decodes; "layered" advances whole prompts one group of layers per step (Layered
+    # Prefill), in `layer_groups` groups, or (None) prompt tokens / max_num_batched_tokens of them.
+    schedule: str = "chunked"
+    layer_groups: int | None = None
 
     def __post_init__(self):
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
@@ -108,6 +113,14 @@ class EngineConfig:
             raise ValueError(f"ngram_min = {self.ngram_min} > ngram_max = {self.ngram_max}")
         if self.draft_model is not None and not isinstance(self.draft_model, str):
             raise ValueError(f"draft_model = {self.draft_model!r}: must be a path (a string)")
+        check_choice(self.schedule, SCHEDULES, "schedule")
+        if self.layer_groups is not None:
+            check_positive_int(self.layer_groups, "layer_groups")
+            if self.schedule != "layered":
+                raise ValueError(
+                    f"layer_groups = {self.layer_groups}: only used with schedule = 'layered' "
+                    f"(schedule is {self.schedule!r})"
+                )
         if self.state_dtype == "fp32" and self.state_rounding != "nearest":
             raise ValueError(
                 "state_rounding = 'stochastic' needs state_dtype bf16, fp16 or int8 (fp32 stores exactly)"
@@ -117,3 +130,4 @@ class EngineConfig:
 STATE_DTYPES = STORAGE_DTYPES
 PREFIX_EVICTION = EVICTION_POLICIES
 SPECULATIVE = ("draft", "ngram")
+SCHEDULES = ("chunked", "layered")

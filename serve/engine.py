@@ -35,7 +35,14 @@ class LLMEngine:
         specs = [m.cache_spec() for m in model.mixers()]
         cost = PrefillCost(model).span if config.enable_prefix_caching else None
         self.cache = CacheManager(specs, config, model.dtype, device, self.max_model_len, cost)
-        self.scheduler = Scheduler(self.cache, config.max_num_batched_tokens)
+        num_layers = model.config.num_hidden_layers
+        if config.layer_groups is not None and config.layer_groups > num_layers:
+            raise ValueError(
+                f"layer_groups = {config.layer_groups}: must be at most the model's {num_layers} layers"
+            )
+        self.scheduler = Scheduler(
+            self.cache, config.max_num_batched_tokens, config.schedule, num_layers, config.layer_groups
+        )
         self.runner = ModelRunner(model, self.cache)
         self.requests: dict[str, Request] = {}
         self.vocab_size = model.config.vocab_size
@@ -120,23 +127,35 @@ class LLMEngine:
         """Schedule, (propose drafts,) run one packed forward, sample or verify, and return the
         requests that got tokens."""
         scheduled = self.scheduler.schedule()
-        if not scheduled:
+        cohort = self.scheduler.cohort  # layered prefill in flight (layered_prefill.py)
+        if not scheduled and cohort is None:
             return []
         t0 = now()
-        for req, _ in scheduled:
+        for req, _ in scheduled + (cohort.entries if cohort else []):
             if req.metrics.first_scheduled_time is None:
                 req.metrics.first_scheduled_time = t0
         if self.speculation is not None:
             scheduled = self.speculation.propose(scheduled)
         captures = self._plan_checkpoints(scheduled)
+        if cohort is not None and not cohort.planned:
+            cohort.captures, cohort.planned = self._plan_checkpoints(cohort.entries), True
+        # A cohort advances one group of layers per step; with no sequence to keep decoding, all
+        # its remaining groups at once (splitting it would only delay its first tokens).
+        groups = 1 if scheduled else len(cohort.groups) - cohort.next_group
         try:
-            logits = self.runner.run(scheduled, captures)  # [R, V]: 1 row per sequence, 1 + k if drafted
+            logits = self.runner.run(
+                scheduled, captures, cohort, groups
+            )  # [R, V]: a row per sequence, 1 + k if drafted
         except BaseException:
             for _, _, pages in captures:
                 self.cache.prefix.free_pages(pages)
             for req, _ in scheduled:
                 req.draft_tokens = []
+            self.scheduler.abandon_cohort()
             raise
+        if cohort is not None and cohort.done:  # its requests sample their first tokens now
+            scheduled, captures = scheduled + cohort.entries, captures + cohort.captures
+            self.scheduler.cohort = None
         emitted = self._sample_and_verify(scheduled, logits)  # [(request, tokens, their logits rows)]
         t1 = now()
         for req, tokens, rows in emitted:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from ..archs.rope import shared_rope_tables
 from .cache_manager import CacheManager
 from .layer_states import SlotRecurrent, StepBatch, StepHolder, build_state, flat_states
+from .layered_prefill import Cohort
 from .request import Request
 
 
@@ -49,7 +51,7 @@ class ModelRunner:
             seq_of_token = torch.repeat_interleave(torch.arange(len(lens)), q_lens)  # [T]
             first_token = torch.cumsum(q_lens, 0) - q_lens
             positions = starts_t[seq_of_token] + torch.arange(len(ids)) - first_token[seq_of_token]
-        num_decode = sum(1 for n in lens if n == 1)
+        num_decode = next((i for i, n in enumerate(lens) if n != 1), len(lens))  # leading one-token rows
         tables, write_at = {}, {}
         for group in self.cache.pools:
             rows = [self.cache.holdings[req.request_id].tables[group] for req, _ in scheduled]
@@ -96,9 +98,15 @@ class ModelRunner:
         return input_ids, positions.to(dev)[None], batch, torch.tensor(last)
 
     @torch.inference_mode()
-    def run(self, scheduled: list[tuple[Request, int]], captures=()) -> torch.Tensor:
+    def run(
+        self, scheduled: list[tuple[Request, int]], captures=(), cohort: Cohort | None = None, groups: int = 1
+    ) -> torch.Tensor:
         """-> fp32 logits [R, V]: at the last new token of each scheduled sequence, and for a
-        sequence with drafts (speculative verification) at its last 1 + k tokens."""
+        sequence with drafts (speculative verification) at its last 1 + k tokens. With a layered
+        `cohort`, it advances `groups` layer groups too, and adds a row per cohort request if
+        that finishes its layers."""
+        if cohort is not None:
+            return self._run_layered(scheduled, captures, cohort, groups)
         input_ids, positions, batch, last = self._batch(scheduled, captures)
         self.holder.batch = batch
         try:
@@ -106,6 +114,36 @@ class ModelRunner:
         finally:
             self.holder.batch = None
         return self.model.lm_head(hidden[0, last.to(self.device)]).float()
+
+    def _run_layered(self, scheduled, captures, cohort: Cohort, groups: int) -> torch.Tensor:
+        """Scheduled sequences (rows [0, A)) run every layer on a batch of their own; the layers of
+        the cohort's next groups run them and the cohort's rows [A, A + P) together."""
+        model = self.model.model
+        base = self._batch(scheduled, captures) if scheduled else None
+        ids, positions, both, last = self._batch(scheduled + cohort.entries, list(captures) + cohort.captures)
+        a = 0 if base is None else base[0].shape[1]
+        x = model.embed_tokens(ids[:, :a])  # [1, A, D]
+        h = model.embed_tokens(ids[:, a:]) if cohort.hidden is None else cohort.hidden  # [1, P, D]
+        active = cohort.layers(groups)
+        try:
+            with shared_rope_tables():
+                for i, layer in enumerate(model.layers):
+                    if i in active:
+                        self.holder.batch = both
+                        y, _ = layer(torch.cat([x, h], dim=1), state=self.states[i], positions=positions)
+                        x, h = y[:, :a], y[:, a:]
+                    elif a:
+                        self.holder.batch = base[2]
+                        x, _ = layer(x, state=self.states[i], positions=base[1])
+        finally:
+            self.holder.batch = None
+        cohort.next_group = min(cohort.next_group + groups, len(cohort.groups))
+        if cohort.done:  # every row has run every layer: logits as in one packed forward
+            cohort.hidden = None
+            return self.model.lm_head(model.norm(torch.cat([x, h], dim=1))[0, last.to(self.device)]).float()
+        cohort.hidden = h
+        rows = last[: len(last) - len(cohort.entries)].to(self.device)  # the scheduled sequences' rows
+        return self.model.lm_head(model.norm(x)[0, rows]).float()
 
     def rollback(self, req: Request, position: int) -> None:
         """Speculative rollback of the recurrent layers: the request's slot takes the state it had

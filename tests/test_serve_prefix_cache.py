@@ -38,13 +38,13 @@ def engine_for(model, **options) -> LLMEngine:
     engine = LLMEngine(model, None, EngineConfig(**(config | options)))
     run_step = engine.runner.run
 
-    def checked(scheduled, captures=()):
+    def checked(scheduled, captures=(), *layered):
         cache = engine.cache
         for req, n in scheduled:
             first, last = req.num_computed // BS, (req.num_computed + n - 1) // BS
             for g, table in cache.holdings[req.request_id].tables.items():
                 assert all(cache.pools[g].refs[b] == 1 for b in table[first : last + 1]), (g, req.request_id)
-        return run_step(scheduled, captures)
+        return run_step(scheduled, captures, *layered)
 
     engine.runner.run = checked
     return engine
@@ -98,6 +98,9 @@ def check_holdings(engine: LLMEngine) -> None:
         if cache.checkpoints is not None and name == cache.checkpoint_pool_name:
             for node in prefix.nodes:
                 want.update(node.checkpoint or [])
+            cohort = engine.scheduler.cohort  # layered prefill: checkpoints still being written
+            for _, _, pages in cohort.captures if cohort is not None else ():
+                want.update(pages)
         assert pool.refs == [want[i] for i in range(pool.capacity)], name
         assert sorted(pool.free_ids) == [i for i in range(pool.capacity) if want[i] == 0], name
     slots = [h.slot for h in cache.holdings.values() if h.slot is not None]
