@@ -79,6 +79,7 @@ def register(sub) -> None:
     register_state_precision(bench)
     register_prefix(bench)
     register_spec(bench)
+    register_schedule(bench)
     register_serve(sub)
 
 
@@ -396,6 +397,44 @@ def register_spec(bench) -> None:
     p.set_defaults(func=command)
 
 
+def register_schedule(bench) -> None:
+    from attnlab.common import positive_int
+
+    from .config import SCHEDULES
+    from .schedule_bench import MODELS, ScheduleBenchOptions, command
+
+    d = ScheduleBenchOptions()
+    p = bench.add_parser(
+        "schedule", help="layered vs chunked prefill: TTFT, time between tokens, expert bytes, MoE and dense",
+        description="Chunked and layered prefill serve the same Poisson stream of long prompts next to running "
+        "decodes, for full and 3:1 hybrid models with MoE and dense FFNs, at several loads. The default run "
+        "takes about 10 minutes on a 2-core CPU (1 thread).",
+    )  # fmt: skip
+    p.add_argument("--out", type=Path, default=d.out, help="run directory (results.json, schedule.md/.png)")
+    p.add_argument("--models", type=_list("models", MODELS), default=d.models,
+                   help="full / hybrid (3 lightning : 1 full), each -moe or -dense")  # fmt: skip
+    p.add_argument("--schedules", type=_list("schedules", list(SCHEDULES)), default=d.schedules)
+    p.add_argument("--loads", type=_list("loads", cast=float), default=d.loads,
+                   help="arrival rate x one prompt's prefill time alone (e.g. 0.25,0.5,0.75)")  # fmt: skip
+    p.add_argument("--requests", type=positive_int, default=d.requests, help="long-prompt requests per point")
+    p.add_argument("--prompt-len", type=positive_int, default=d.prompt_len,
+                   help="longest prompt (each drawn from half of it to it)")  # fmt: skip
+    p.add_argument("--new-tokens", type=positive_int, default=d.new_tokens)
+    p.add_argument("--decoders", type=int, default=d.decoders, help="requests decoding through each point")
+    p.add_argument("--token-budget", type=positive_int, default=d.token_budget,
+                   help="max_num_batched_tokens: chunked's chunk; layered's groups keep prompt tokens x layers within it x all layers")  # fmt: skip
+    p.add_argument("--layer-groups", type=positive_int, default=None, metavar="G", help="fix layered's G")
+    m = p.add_argument_group("models (random weights)")
+    for name in ("hidden", "layers", "heads", "experts"):
+        m.add_argument(f"--{name}", type=positive_int, default=getattr(d, name))
+    m.add_argument("--top-k", type=positive_int, default=d.top_k, help="experts per token")
+    m.add_argument("--expert-size", type=positive_int, default=d.expert_size,
+                   help="an expert's intermediate size (dense: top-k x it)")  # fmt: skip
+    p.add_argument("--threads", type=positive_int, default=d.threads, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.set_defaults(func=command)
+
+
 def add_prefix_caching_options(p) -> None:
     from attnlab.common import positive_int
 
@@ -428,6 +467,24 @@ def add_speculative_options(p) -> None:
         "--ngram-max", type=positive_int, default=4, help="--speculative ngram: longest n-gram to match"
     )
     g.add_argument("--ngram-min", type=positive_int, default=1, help="--speculative ngram: shortest n-gram")
+
+
+def add_schedule_options(p) -> None:
+    from attnlab.common import positive_int
+
+    from .config import SCHEDULES
+
+    g = p.add_argument_group("prefill scheduling (docs/layered_prefill.md)")
+    g.add_argument("--schedule", choices=list(SCHEDULES), default="chunked",
+                   help="chunked: prompts in token chunks mixed with decodes; layered: whole prompts, "
+                   "one group of layers per step (Layered Prefill)")  # fmt: skip
+    g.add_argument("--layer-groups", type=positive_int, default=None, metavar="G",
+                   help="--schedule layered: layer groups (default: the fewest that keep a step's prompt tokens x "
+                   "layers within --max-num-batched-tokens x all layers)")  # fmt: skip
+
+
+def schedule_options(args) -> dict:
+    return {"schedule": args.schedule, "layer_groups": args.layer_groups}
 
 
 def speculative_options(args) -> dict:
@@ -477,6 +534,7 @@ def register_serve(sub) -> None:
                    help="int8 states: one fp32 scale per (head, key row) or per (head, 32x32 block)")  # fmt: skip
     add_prefix_caching_options(p)
     add_speculative_options(p)
+    add_schedule_options(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--max-body-bytes", type=positive_int, default=4 * 2**20)
     p.add_argument(
@@ -508,6 +566,7 @@ def cmd_serve(args) -> int:
             max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
             block_size=args.block_size, state_dtype=args.state_dtype, state_rounding=args.state_rounding,
             state_scales=args.state_scales, **prefix_caching_options(args), **speculative_options(args),
+            **schedule_options(args),
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         print(f"attnlab serve: error: {e}", file=sys.stderr)

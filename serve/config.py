@@ -75,7 +75,8 @@ class EngineConfig:
     ngram_min: int = 1
     # Prefill scheduling (docs/layered_prefill.md): "chunked" splits prompts into token chunks
     # mixed with decodes; "layered" advances whole prompts one group of layers per step (Layered
-    # Prefill), in `layer_groups` groups, or (None) prompt tokens / max_num_batched_tokens of them.
+    # Prefill), in `layer_groups` groups, or (None) the fewest that keep a step's prompt tokens x
+    # layers within max_num_batched_tokens x all layers.
     schedule: str = "chunked"
     layer_groups: int | None = None
 

@@ -143,9 +143,8 @@ class LLMEngine:
         # its remaining groups at once (splitting it would only delay its first tokens).
         groups = 1 if scheduled else len(cohort.groups) - cohort.next_group
         try:
-            logits = self.runner.run(
-                scheduled, captures, cohort, groups
-            )  # [R, V]: a row per sequence, 1 + k if drafted
+            # [R, V]: a row per sequence (1 + k if drafted), and per cohort request if it finishes
+            logits = self.runner.run(scheduled, captures, cohort, groups)
         except BaseException:
             for _, _, pages in captures:
                 self.cache.prefix.free_pages(pages)

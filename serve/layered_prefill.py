@@ -27,11 +27,13 @@ def split_layers(num_layers: int, groups: int) -> list[range]:
 
 
 def groups_for(prompt_tokens: int, token_budget: int, num_layers: int, fixed: int | None) -> int:
-    """G for a cohort: `fixed`, or as many groups as it takes to keep a step's prefill work
-    (prompt tokens x layers per group) near the chunked schedule's (token budget x all layers)."""
+    """G for a cohort: `fixed`, or the fewest groups whose largest one keeps a step's prefill work
+    (prompt tokens x layers in the group) within the chunked schedule's (token budget x all layers):
+    groups of at most s = budget x L // tokens layers (at least 1, at most L)."""
     if fixed is not None:
         return fixed
-    return max(1, min(num_layers, math.ceil(prompt_tokens / token_budget)))
+    per_group = max(1, min(num_layers, token_budget * num_layers // max(1, prompt_tokens)))
+    return math.ceil(num_layers / per_group)
 
 
 @dataclass

@@ -35,7 +35,7 @@ class LLM:
         `engine_options`: EngineConfig fields (cache_memory, block_size, max_num_seqs,
         max_num_batched_tokens, max_model_len, state_dtype, state_rounding, state_scales,
         enable_prefix_caching, prefix_eviction, state_checkpoint_interval, speculative,
-        num_speculative_tokens, ngram_max, ngram_min)."""
+        num_speculative_tokens, ngram_max, ngram_min, schedule, layer_groups)."""
         if isinstance(model, (str, Path)):
             model, loaded_tokenizer = load_for_serving(model, device)
             tokenizer = tokenizer or loaded_tokenizer

@@ -54,6 +54,14 @@ class ServerMetrics:
             "attnlab:prefix_cache_held_bytes", "Cache bytes held by cached prefixes alone (evictable).",
             label, registry=r,
         )  # fmt: skip
+        self.layered_requests = Gauge(
+            "attnlab:layered_prefill_requests", "Requests in layered prefill (schedule layered).", label,
+            registry=r,
+        )  # fmt: skip
+        self.layered_hidden = Gauge(
+            "attnlab:layered_prefill_hidden_bytes", "Hidden states held between layer groups (outside the cache).",
+            label, registry=r,
+        )  # fmt: skip
         self.finished = Counter(
             "attnlab:request_success",
             "Finished requests by reason.",
@@ -98,6 +106,9 @@ class ServerMetrics:
             self.prefix_hits.labels(m).inc(hit - self._prefix_seen[1])
             self._prefix_seen = (queried, hit)
             self.prefix_held.labels(m).set(prefix.held_bytes())
+        cohort = sched.cohort
+        self.layered_requests.labels(m).set(0 if cohort is None else len(cohort.entries))
+        self.layered_hidden.labels(m).set(0 if cohort is None else cohort.hidden_bytes())
         spec = engine.speculation
         if spec is not None:
             self.spec_drafts.labels(m).inc(spec.num_proposed - self._spec_seen[0])

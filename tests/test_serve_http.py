@@ -463,6 +463,8 @@ def test_serve_cli_rejects_bad_options_before_loading(tmp_path, capsys):
     assert main(["serve", str(tmp_path), "--cache-memory", "lots"]) == 2
     assert "cache_memory" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--port", "70000"]) == 2
+    assert main(["serve", str(tmp_path), "--layer-groups", "2"]) == 2
+    assert "layer_groups = 2: only used with schedule = 'layered'" in capsys.readouterr().err
     from attnlab.cli import build_parser
 
     assert build_parser().parse_args(["serve", "x"]).host == "127.0.0.1"  # loopback unless told

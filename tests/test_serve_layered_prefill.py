@@ -262,7 +262,10 @@ def test_split_layers_and_groups_for_by_hand():
     assert split_layers(8, 3) == [range(0, 3), range(3, 5), range(5, 8)]
     assert split_layers(4, 4) == [range(i, i + 1) for i in range(4)]
     assert split_layers(5, 1) == [range(0, 5)]
-    assert groups_for(1000, 256, 8, None) == 4  # ceil(1000 / 256)
+    assert groups_for(1000, 256, 8, None) == 4  # 2048 // 1000 = 2 layers per group
+    assert groups_for(1500, 256, 8, None) == 8  # 1 layer: 2 would be 3000 > 2048 layer-tokens
+    assert groups_for(600, 256, 8, None) == 3  # at most 3 layers per group: 3 + 2 + 3
+    assert max(map(len, split_layers(8, 3))) * 600 <= 256 * 8
     assert groups_for(5000, 256, 8, None) == 8  # at most the layers
     assert groups_for(10, 256, 8, None) == 1
     assert groups_for(5000, 256, 8, 2) == 2
