@@ -22,7 +22,10 @@ def test_tiny_run_writes_consistent_results(tmp_path):
     assert (out / "schedule.png").stat().st_size > 0
     points = results["points"]
     assert {(p["model"], p["load"], p["schedule"]) for p in points} == {
-        (m, load, s) for m in ("full-moe", "hybrid-dense") for load in (0.5, 1.0) for s in ("chunked", "layered")
+        (m, load, s)
+        for m in ("full-moe", "hybrid-dense")
+        for load in (0.5, 1.0)
+        for s in ("chunked", "layered")
     }
     prefill = {m: results["models"][m]["prefill_alone_s"] for m in results["models"]}
     md = (out / "schedule.md").read_text()
