@@ -27,6 +27,8 @@ _LAZY = {
     "RecurrentSpec": "state",
     "CompositeSpec": "state",
     "mixer_types": "families",
+    "MoEFFN": "ffn",
+    "shared_rope_tables": "rope",
 }
 __all__ = sorted(_LAZY)
 __getattr__ = lazy_exports(__name__, _LAZY)

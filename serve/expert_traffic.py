@@ -14,7 +14,7 @@ A router's top-k over its logits equals the top-k over its softmax, so nothing i
 
 from __future__ import annotations
 
-from ..archs.ffn import MoEFFN
+from ..archs import MoEFFN
 
 
 class ExpertTraffic:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..archs.rope import shared_rope_tables
+from ..archs import shared_rope_tables
 from .cache_manager import CacheManager
 from .layer_states import SlotRecurrent, StepBatch, StepHolder, build_state, flat_states
 from .layered_prefill import Cohort
