@@ -6,7 +6,9 @@ resolved spec (`config.layer_specs`), so hybrids are just per-layer lists.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreT
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ..quant import is_int4_config, load_int4
 from .cache import AttnLabCache
 from .config import AttnLabConfig
 from .families import build_mixer
@@ -112,6 +115,26 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
         self.model = AttnLabModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' loader, except for an INT4 folder (config.json's quantization_config in
+        compressed-tensors' pack-quantized format, docs/quantization.md): that one loads through
+        attnlab.quant (Int4Linear modules holding the packed weights), so transformers' own
+        compressed-tensors quantizer never runs. `dtype` is honoured there; the hub is not (a local
+        folder only)."""
+        config = kwargs.get("config")
+        folder = Path(str(pretrained_model_name_or_path))
+        saved = folder / "config.json"
+        if config is None and saved.is_file() and is_int4_config(json.loads(saved.read_text())):
+            config = cls.config_class.from_pretrained(str(folder))
+        if isinstance(config, AttnLabConfig) and is_int4_config(config):
+            if not (folder / "config.json").is_file():
+                raise ValueError(
+                    f"{folder}: INT4 (pack-quantized) attnlab models load from a local model folder"
+                )
+            return load_int4(cls, folder, config, dtype=kwargs.get("dtype", kwargs.get("torch_dtype")))
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def get_input_embeddings(self):
         return self.model.embed_tokens

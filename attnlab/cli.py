@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "kernels": (("attnlab.kernels.cli",), "kernel harness: op definitions and backends"),
     "demo": (("attnlab.serve.demo",), "build one model of each mixer family, generate with its cache"),
     "convert": (("attnlab.convert",), "attnlab full-attention model <-> Hugging Face Llama folder"),
+    "quantize": (
+        ("attnlab.quantize",),
+        "INT4 weight-only model folder (PTQ, or the conversion of a QAT run)",
+    ),
 }
 COMMAND_MODULES = list(dict.fromkeys(m for modules, _ in COMMANDS.values() for m in modules))
 

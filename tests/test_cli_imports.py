@@ -30,7 +30,7 @@ def test_attnlab_help_imports_no_torch_and_no_job():
     assert not any(m.startswith(("attnlab.train", "attnlab.serve", "attnlab.kernels")) for m in loaded)
 
 
-@pytest.mark.parametrize("command", ["study", "eval", "probe", "demo", "convert"])
+@pytest.mark.parametrize("command", ["study", "eval", "probe", "demo", "convert", "quantize"])
 def test_a_command_help_imports_no_torch(command):
     loaded = modules_after([command, "--help"])
     assert "torch" not in loaded and "lightning" not in loaded

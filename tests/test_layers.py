@@ -20,6 +20,7 @@ LAYERS = [
     ("train",),
     ("evals", "probes"),
     ("archs",),
+    ("quant",),  # INT4 weights: archs loads INT4 folders through it
     ("kernels",),
     ("common", "configs"),
 ]

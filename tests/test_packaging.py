@@ -13,7 +13,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # evals/lm_eval_plugin: `lm_eval --model attnlab`, installed at the root of site-packages
 LM_EVAL_HOOK = ("_attnlab_lm_eval.py", "attnlab-lm-eval.pth")
-FOLDERS = ["attnlab", "common", "archs", "kernels", "train", "probes", "evals", "serve", "study", "configs"]
+FOLDERS = [
+    "attnlab",
+    "common",
+    "archs",
+    "quant",
+    "kernels",
+    "train",
+    "probes",
+    "evals",
+    "serve",
+    "study",
+    "configs",
+]
 
 
 def source_modules() -> list[str]:

@@ -1,5 +1,5 @@
-"""Run-dir callbacks: the step-by-step metrics log (metrics.jsonl) with throughput, and checkpoints
-that are never written after the run was stopped by a guard."""
+"""Run-dir callbacks: the step-by-step metrics log (metrics.jsonl) with throughput, checkpoints
+that are never written after the run was stopped by a guard, and QAT's fake-quant switch."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+
+from ..quant import set_fake_quant
 
 
 class MetricsLog(L.Callback):
@@ -97,3 +99,22 @@ class GuardedCheckpoint(ModelCheckpoint):
     def on_validation_end(self, trainer, pl_module) -> None:
         if not self.stopped(pl_module):
             super().on_validation_end(trainer, pl_module)
+
+
+class FakeQuantSchedule(L.Callback):
+    """QAT (`quant: {qat: true, start_step: S}`): torchao's fake quant off while fewer than S
+    optimizer steps are done, on from step S, in training and in validation alike, so validation
+    after S (and the final one) measures the quantized model. Set from trainer.global_step before
+    every batch, so a resumed run is in the right state at once."""
+
+    def __init__(self, start_step: int):
+        self.start_step = start_step
+
+    def switch(self, trainer, pl_module) -> None:
+        set_fake_quant(pl_module.model, trainer.global_step >= self.start_step)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.switch(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.switch(trainer, pl_module)

@@ -7,9 +7,10 @@
     trainer: {max_steps: 600, val_every: 100}
     eval: {suite: mqar, lengths: [64, 256], hops: [1, 2], samples: 32}   # optional
     kernels: {swa_prefill: torch}                                        # optional: pins
+    quant: {weights: int4, group_size: 32, qat: true, start_step: 100}   # optional: INT4 QAT
 
 This module is the public face; the parts live in
-    sections.py       TrainConfig and the model, optim, trainer, eval sections (value checks)
+    sections.py       TrainConfig and the model, optim, trainer, eval, quant sections (value checks)
     data_sections.py  the data section: a synthetic task or a text corpus
     config_io.py      the parser (YAML + CLI overrides), config_from_dict, load/dump, check_yaml_file
 The field checks themselves are common/validators.py.
@@ -33,6 +34,7 @@ from .sections import (
     EvalSection,
     ModelSection,
     OptimSection,
+    QuantSection,
     TrainConfig,
     TrainerSection,
     canonical_kernels,
@@ -48,6 +50,7 @@ __all__ = [
     "EvalSection",
     "ModelSection",
     "OptimSection",
+    "QuantSection",
     "TaskSection",
     "TextSection",
     "TrainConfig",

@@ -8,6 +8,7 @@ the values. Every error comes out as one ValueError that names the field.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from .sections import TrainConfig
@@ -38,7 +39,7 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, bool]:
     try:
         ns = parser.parse_args(argv)
     except ArgumentError as err:
-        raise ValueError(str(err)) from None
+        raise ValueError(optional_section_error(str(err))) from None
     resume = bool(ns.pop("resume"))
     ns.pop("config", None)
     return build_config(parser, ns), resume
@@ -69,16 +70,37 @@ def config_from_dict(values: dict) -> TrainConfig:
     try:
         ns = parser.parse_object(values)
     except ArgumentError as err:
-        raise ValueError(str(err)) from None
+        raise ValueError(optional_section_error(str(err))) from None
     ns.pop("resume", None)
     ns.pop("config", None)
     return build_config(parser, ns)
 
 
 def build_config(parser, ns) -> TrainConfig:
-    init = parser.instantiate(ns)
+    try:
+        init = parser.instantiate(ns)
+    except ValueError as err:
+        raise ValueError(optional_section_error(str(err))) from None
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in vars(init).items() if k in fields})
+
+
+def optional_section_error(message: str) -> str:
+    """An error inside an optional section (`quant:`, typed `Section | None`) comes from jsonargparse
+    wrapped in the list of Union members it tried; keep the section's own error, with the section
+    in the field name (`Parser key "quant.group_size": Expected a <class 'int'>`). Others pass as-is."""
+    found = re.search(r"Errors:\n(.*?)\n\s*- Expected a <class 'NoneType'>", message, re.S)
+    if not found:
+        return message
+    lines = [line.strip() for line in found[1].strip().removeprefix("- ").splitlines()]
+    lines = [line for line in lines if not line.startswith("Problem with given class_path")]
+    text = " ".join(lines)
+    section = re.match(r'Parser key "([\w.]+)"', message)
+    if section and "Parser key" in text:
+        text = re.sub(r'Parser key "([\w.]+)"', lambda m: f'Parser key "{section[1]}.{m[1]}"', text)
+    elif section:
+        text = f'Parser key "{section[1]}": {text}'
+    return text
 
 
 def load_config(path: str) -> TrainConfig:

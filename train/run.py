@@ -5,7 +5,8 @@
 <run_dir>/logs/version_N/    Lightning CSV logs (and TensorBoard when installed)
 <run_dir>/checkpoints/       last.ckpt + the newest keep_checkpoints periodic ones
 <run_dir>/tokenizer/         the trained BPE (data.text.tokenizer: bpe), reused on resume
-<run_dir>/hf/                save_pretrained export (+ tokenizer) for probes, evals, serve
+<run_dir>/hf/                save_pretrained export (+ tokenizer) for probes, evals, serve; after
+                             QAT a plain attnlab model with its scheme in config.attnlab_quant
 <run_dir>/result.json        status, final metrics, params, state bytes, FLOPs/token, the kernels
                              used — written last, so its presence with status "finished" marks a
                              finished run
@@ -28,6 +29,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..kernels import backends_used, kernel_choice, kernel_record
+from ..quant import strip_fake_quant
 from .callbacks import MetricsLog
 from .checkpoints import StopOnSignal, resume_checkpoint
 from .config import TrainConfig, dump_config, load_config
@@ -36,7 +38,13 @@ from .metrics import flops_per_token, parameter_counts
 from .module import CausalLMModule
 from .progress import quiet_lightning
 from .run_files import EXECUTION_ONLY, config_hash, read_result, write_json  # noqa: F401  (re-exported)
-from .run_setup import build_module, build_trainer, checkpoint_callback, eval_spec  # noqa: F401  (re-exported)
+from .run_setup import (  # noqa: F401  (re-exported)
+    build_module,
+    build_trainer,
+    checkpoint_callback,
+    eval_spec,
+    quant_callbacks,
+)
 
 
 def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback] = ()) -> dict:
@@ -61,7 +69,14 @@ def train(cfg: TrainConfig, resume: bool = False, callbacks: Sequence[L.Callback
         module = build_module(cfg, data)
         log = MetricsLog(run_dir / "metrics.jsonl", cfg.trainer.log_every)
         stop = StopOnSignal(ckpt_dir / "last.ckpt")
-        run_callbacks = [RunStarted(run_dir, cfg), checkpoint_callback(cfg, ckpt_dir), log, stop, *callbacks]
+        run_callbacks = [
+            RunStarted(run_dir, cfg),
+            checkpoint_callback(cfg, ckpt_dir),
+            log,
+            stop,
+            *quant_callbacks(cfg),
+            *callbacks,
+        ]
         trainer = build_trainer(cfg, run_dir, run_callbacks)
         datamodule = TrainData(data, cfg.seed)
         fit(trainer, module, datamodule, ckpt_path, stop)
@@ -167,7 +182,8 @@ def run_result(
 
 def finish(trainer: L.Trainer, module, datamodule, data: DataTensors, run_dir: Path, result: dict) -> None:
     """A finished run: the final checkpoint, a final validation (with the eval suite) into `result`,
-    and the save_pretrained export in <run_dir>/hf."""
+    and the save_pretrained export in <run_dir>/hf (a QAT model's fake-quantized Linear modules
+    turned back into nn.Linear with the same latent weights first, so it loads without torchao)."""
     trainer.save_checkpoint(
         run_dir / "checkpoints" / "last.ckpt"
     )  # the final step, even when max_steps % checkpoint_every != 0
@@ -175,6 +191,7 @@ def finish(trainer: L.Trainer, module, datamodule, data: DataTensors, run_dir: P
     result.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     result.update(module.suite_metrics)  # the final validation always runs the suite
     if trainer.is_global_zero:
+        strip_fake_quant(module.model)
         module.model.save_pretrained(run_dir / "hf")
         if data.tokenizer is not None:
             data.tokenizer.save_pretrained(run_dir / "hf")

@@ -12,7 +12,8 @@ import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 
 from ..evals import mqar_training_options as training_options
-from .callbacks import GuardedCheckpoint
+from ..quant import prepare_qat, quant_field
+from .callbacks import FakeQuantSchedule, GuardedCheckpoint
 from .config import TrainConfig
 from .data import DataTensors
 from .module import CausalLMModule
@@ -36,9 +37,26 @@ def build_module(cfg: TrainConfig, data: DataTensors) -> CausalLMModule:
         eval_every=cfg.eval.every,
     )
     module.eval_tokenizer = data.tokenizer
+    if cfg.quant is not None:
+        apply_quant(module.model, cfg)
     if cfg.trainer.compile:
         module.model.compile()  # in place: state_dict keys (and checkpoints) stay the same
     return module
+
+
+def apply_quant(model, cfg: TrainConfig) -> None:
+    """The `quant:` section on a fresh model: with `qat`, torchao's fake quant on the selected
+    nn.Linear modules (same Parameters, so checkpoints keep plain Linear keys); the scheme recorded
+    as config.attnlab_quant either way."""
+    if cfg.quant.qat:
+        prepare_qat(model, cfg.quant, quant_field)
+    else:
+        model.config.attnlab_quant = cfg.quant.to_dict()
+
+
+def quant_callbacks(cfg: TrainConfig) -> list[L.Callback]:
+    """QAT's switch (fake quant from quant.start_step), when the run does QAT."""
+    return [FakeQuantSchedule(cfg.quant.start_step)] if cfg.quant is not None and cfg.quant.qat else []
 
 
 def eval_spec(cfg: TrainConfig):

@@ -1,4 +1,4 @@
-"""The model, optim, trainer and eval sections of a run config (`data:` is in data_sections.py).
+"""The model, optim, trainer, eval and quant sections of a run config (`data:` is in data_sections.py).
 
 Types are checked by the parser (config_io.py); value ranges here, in each section's
 `__post_init__`, with errors that name the field (`optim.lr = -1: must be a positive number`).
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..archs import PRESETS, preset
 from ..common import check_choice, check_fraction, check_positive, check_positive_int
+from ..quant import QuantScheme, quant_field
 from .data_sections import DataSection
 
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -163,6 +164,40 @@ class EvalSection:
         return SuiteSpec(**fields, tasks=self.tasks, options=options)
 
 
+@dataclass
+class QuantSection(QuantScheme):
+    """INT4 weight-only quantization (W4A16, docs/quantization.md), off unless the section is given.
+    With `qat` (the default here) the trainer swaps the selected nn.Linear modules for torchao's
+    fake-quantized ones, fake quant off before optimizer step `start_step` and on from it; the
+    exported model (hf/) is a plain attnlab model again, its scheme in config.attnlab_quant, for
+    `attnlab quantize --method qat-convert`. Fields and defaults: attnlab.quant.QuantScheme."""
+
+    qat: bool = True
+
+    def __post_init__(self) -> None:
+        self.check(quant_field)
+
+
+def check_quant_fits(cfg: TrainConfig) -> None:
+    """The `quant:` section against the rest of the run, before anything is trained: fake quant must
+    switch on before the last step, and the selection must fit the model (checked on a model built on
+    the meta device, which holds no memory)."""
+    q, max_steps = cfg.quant, cfg.trainer.max_steps
+    if q.qat and q.start_step >= max_steps:
+        raise ValueError(
+            f"quant.start_step = {q.start_step}: must be < trainer.max_steps = {max_steps} "
+            f"(fake quant would never switch on)"
+        )
+    import torch
+
+    from ..archs import AttnLabForCausalLM
+    from ..quant import select_linears
+
+    with torch.device("meta"):
+        model = AttnLabForCausalLM(cfg.model.hf_config(cfg.model.vocab_size or 256))
+    select_linears(model, q, quant_field)
+
+
 def lightning_strategies() -> tuple[str, ...]:
     from lightning.pytorch.strategies import StrategyRegistry
 
@@ -183,9 +218,12 @@ class TrainConfig:
     # op -> backend pins, and `default: builtin | ranked` for the other ops; empty: every op's
     # built-in default. Also "default=ranked,swa_prefill=torch" (one CLI word).
     kernels: dict[str, str] | str = field(default_factory=dict)
+    quant: QuantSection | None = None  # INT4 quantization (QAT); None: none, the run as without it
 
     def __post_init__(self) -> None:
         self.kernels = canonical_kernels(self.kernels)
+        if self.quant is not None:
+            check_quant_fits(self)
 
     def kernel_choice(self):
         """-> attnlab.kernels.KernelChoice that `train()` applies for the whole run."""
@@ -194,7 +232,11 @@ class TrainConfig:
         return parse_kernel_choice(self.kernels, "kernels")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field; `quant` only when set, so a run without it writes (and hashes) as before."""
+        values = dataclasses.asdict(self)
+        if self.quant is None:
+            del values["quant"]
+        return values
 
 
 def canonical_kernels(value: dict | str | None) -> dict[str, str]:
