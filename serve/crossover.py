@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..archs import AttnLabForCausalLM
+from ..quant import weight_bytes
 from .bench import copy_bandwidth, matmul_rate, random_model, sync
 from .cache_manager import PAGED, CacheManager
 from .config import EngineConfig, device_memory
@@ -259,8 +260,7 @@ def machine_rates(device: str, hidden: int) -> dict:
 
 def roofline(model, rates: dict, context: int, batch: int, tokens: int) -> float:
     """Least seconds for a step of `batch` sequences each adding `tokens` at `context`."""
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    read = weights + batch * model.state_bytes(context)
+    read = weight_bytes(model) + batch * model.state_bytes(context)
     flops = batch * step_flops(model, context, tokens)
     return max(read / rates["memory_bandwidth_bytes_per_s"], flops / rates["matmul_flops_per_s"])
 

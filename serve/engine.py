@@ -14,6 +14,7 @@ import itertools
 
 import torch
 
+from ..quant import weight_bytes
 from .cache_manager import CacheManager
 from .config import EngineConfig
 from .flops import PrefillCost
@@ -32,6 +33,7 @@ class LLMEngine:
         self.tokenizer = tokenizer
         device = next(model.parameters()).device
         self.max_model_len = config.max_model_len or model.config.max_position_embeddings
+        self.weight_bytes = weight_bytes(model)  # as stored: an INT4 layer counts its packed bytes
         specs = [m.cache_spec() for m in model.mixers()]
         cost = PrefillCost(model).span if config.enable_prefix_caching else None
         self.cache = CacheManager(specs, config, model.dtype, device, self.max_model_len, cost)

@@ -3,6 +3,8 @@ prefix cache's cost model (FLOPs a cached prefix saves) count them the same way.
 
 from __future__ import annotations
 
+from ..quant import Int4Linear
+
 
 def attended_keys(context: int, tokens: int, window: int | None) -> int:
     """Sum over the last `tokens` queries of a `context`-token sequence of the keys each sees."""
@@ -27,6 +29,7 @@ class PrefillCost:
 
     def __init__(self, model):
         weights = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n)
+        weights += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, Int4Linear))
         self.per_token = 2.0 * weights  # plus the recurrent layers' state work
         self.keyed: list[tuple[float, int | None]] = []  # (FLOPs per attended key, window)
         for mixer in model.mixers():

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import uvicorn
 
+from ..common import human_bytes
+
 
 @dataclass
 class ServeOptions:
@@ -44,7 +46,8 @@ def serve(options: ServeOptions, **engine_options) -> None:
     app = build_app(engine, ServerOptions(name, options.api_key, options.max_body_bytes))
     print(
         f"attnlab serve: {name} ({engine.max_model_len} tokens of context, "
-        f"{engine.cache.max_seqs} sequences at most) on http://{options.host}:{options.port}/v1",
+        f"{engine.cache.max_seqs} sequences at most, weights {human_bytes(engine.weight_bytes)}) on "
+        f"http://{options.host}:{options.port}/v1",
         flush=True,
     )
     server = _Server(

@@ -54,6 +54,11 @@ class ServerMetrics:
             "attnlab:prefix_cache_held_bytes", "Cache bytes held by cached prefixes alone (evictable).",
             label, registry=r,
         )  # fmt: skip
+        self.weights = Gauge(
+            "attnlab:model_weight_bytes", "Bytes of the model's weights as stored (INT4 layers packed).", label,
+            registry=r,
+        )  # fmt: skip
+        self.weights.labels(model_name).set(0)
         self.layered_requests = Gauge(
             "attnlab:layered_prefill_requests", "Requests in layered prefill (schedule layered).", label,
             registry=r,
@@ -106,6 +111,7 @@ class ServerMetrics:
             self.prefix_hits.labels(m).inc(hit - self._prefix_seen[1])
             self._prefix_seen = (queried, hit)
             self.prefix_held.labels(m).set(prefix.held_bytes())
+        self.weights.labels(m).set(engine.weight_bytes)
         cohort = sched.cohort
         self.layered_requests.labels(m).set(0 if cohort is None else len(cohort.entries))
         self.layered_hidden.labels(m).set(0 if cohort is None else cohort.hidden_bytes())
