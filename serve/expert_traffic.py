@@ -15,6 +15,7 @@ A router's top-k over its logits equals the top-k over its softmax, so nothing i
 from __future__ import annotations
 
 from ..archs import MoEFFN
+from ..quant import weight_bytes
 
 
 class ExpertTraffic:
@@ -22,9 +23,7 @@ class ExpertTraffic:
         self.engine = engine
         self.moe = [layer.ffn for layer in engine.model.model.layers if isinstance(layer.ffn, MoEFFN)]
         first = self.moe[0].experts[0] if self.moe else None
-        self.expert_bytes = (
-            0 if first is None else sum(p.numel() * p.element_size() for p in first.parameters())
-        )
+        self.expert_bytes = 0 if first is None else weight_bytes(first)  # INT4 experts: packed bytes
         self.loads = 0  # experts loaded, every call, every row
         self.prefill_loads = 0  # experts loaded for the prefill rows
         self.prefill_tokens = 0  # prompt tokens that passed the first MoE layer
