@@ -52,10 +52,6 @@ class Cohort:
     def done(self) -> bool:
         return self.next_group == len(self.groups)
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(n for _, n in self.entries)
-
     def holds(self, req: Request) -> bool:
         return any(r is req for r, _ in self.entries)
 
@@ -73,8 +69,9 @@ class Cohort:
                 keep.append((at, n))
             at += n
         if self.hidden is not None:
-            rows = [torch.arange(a, a + n) for a, n in keep]
-            index = torch.cat(rows).to(self.hidden.device) if rows else torch.empty(0, dtype=torch.int64)
+            index = torch.cat(
+                [torch.arange(a, a + n) for a, n in keep] or [torch.empty(0, dtype=torch.int64)]
+            )
             self.hidden = self.hidden.index_select(1, index.to(self.hidden.device))
         self.entries = [(r, n) for r, n in self.entries if r is not req]
         pages = [p for r, _, p in self.captures if r is req]
