@@ -71,6 +71,8 @@ class ScheduleBenchOptions:
             raise ValueError(f"--layer-groups {self.layer_groups}: at most --layers {self.layers}")
         if not 1 <= self.top_k <= self.experts:
             raise ValueError(f"--top-k {self.top_k}: must be in 1..--experts ({self.experts})")
+        if self.decoders < 0:
+            raise ValueError(f"--decoders {self.decoders}: must be 0 or more")
         if self.prompt_len < 2:
             raise ValueError(f"--prompt-len {self.prompt_len}: must be at least 2")
 
@@ -118,7 +120,8 @@ def make_trace(opts: ScheduleBenchOptions, rate: float, seed: int) -> Trace:
 
 
 def prefill_seconds(model, opts: ScheduleBenchOptions) -> float:
-    """Median time of one mean-length prompt's prefill, alone in the engine (after a warm-up)."""
+    """Median of three timings of one mean-length prompt's prefill alone in the engine (the first,
+    cold one is the slowest and drops out)."""
     prompt = [7] * (3 * opts.prompt_len // 4)
     times = []
     for _ in range(3):

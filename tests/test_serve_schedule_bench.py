@@ -55,6 +55,7 @@ def test_tiny_run_writes_consistent_results(tmp_path):
         (["--layer-groups", "9", "--layers", "8"], "--layer-groups 9: at most --layers 8"),
         (["--top-k", "9"], "--top-k 9: must be in 1..--experts (8)"),
         (["--schedules", "pipelined"], "invalid schedules"),
+        (["--decoders", "-1"], "--decoders -1: must be 0 or more"),
     ],
 )
 def test_bad_flags_are_clear_errors(tmp_path, capsys, flags, message):
