@@ -80,6 +80,7 @@ def register(sub) -> None:
     register_prefix(bench)
     register_spec(bench)
     register_schedule(bench)
+    register_quant(bench)
     register_serve(sub)
 
 
@@ -432,6 +433,66 @@ def register_schedule(bench) -> None:
                    help="an expert's intermediate size (dense: top-k x it)")  # fmt: skip
     p.add_argument("--threads", type=positive_int, default=d.threads, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.set_defaults(func=command)
+
+
+def register_quant(bench) -> None:
+    from attnlab.common import positive_int
+
+    from .quant_bench import QuantBenchOptions, command
+    from .quant_bench_models import FAMILIES
+
+    d = QuantBenchOptions()
+    t, m, s = d.train, d.measure, d.speed
+    p = bench.add_parser(
+        "quant",
+        help="INT4 weights per attention family: loss, k-hop recall, top heads, bytes, tok/s; PTQ vs QAT",
+        description="Trains full, lightning and 7:1 hybrid models (8 layers, d 64) on the k-hop MQAR "
+        "curriculum, each plainly and with INT4 QAT from half-way, and compares fp32, INT4 PTQ and INT4 QAT: "
+        "validation loss, chain accuracy by length x hops, whether the top retrieval / induction heads "
+        "survive, weight bytes and decode tokens/s; plus a text LM for the loss. The default run takes "
+        "about 25 minutes on a 2-core CPU (training ~21 of them; a rerun reuses the runs in OUT/models).",
+    )
+    p.add_argument(
+        "--out", type=Path, default=d.out, help="run directory (results.json, quant.md/.png, models/, int4/)"
+    )
+    p.add_argument("--families", type=_list("families", list(FAMILIES)), default=d.families,
+                   help="full (FFFFFFFF), lightning (LLLLLLLL), hybrid-7to1 (LLLLLLLF)")  # fmt: skip
+    p.add_argument("--text", action=argparse.BooleanOptionalAction, default=t.text,
+                   help="also a byte-level LM on the local corpus (configs/train/stdlib_lm.yaml)")  # fmt: skip
+    tr = p.add_argument_group("training (runs in OUT/models are reused when finished with the same config)")
+    tr.add_argument("--train-steps", type=positive_int, default=t.steps, help="steps of each MQAR run")
+    tr.add_argument("--text-steps", type=positive_int, default=t.text_steps, help="steps of each text run")
+    tr.add_argument("--qat-start", type=float, default=t.qat_start,
+                    help="QAT twins: fake quant from this fraction of the steps on (0..1)")  # fmt: skip
+    tr.add_argument("--hidden", type=positive_int, default=t.hidden, help="width of the MQAR models")
+    tr.add_argument("--heads", type=positive_int, default=t.heads)
+    tr.add_argument("--intermediate", type=positive_int, default=t.intermediate, help="FFN width")
+    tr.add_argument("--val-examples", type=positive_int, default=t.val_examples,
+                    help="held-out rows per MQAR data slice (the validation loss)")  # fmt: skip
+    tr.add_argument("--jobs", type=positive_int, default=d.jobs,
+                    help="runs trained (then families measured) at once, one process each")  # fmt: skip
+    ev = p.add_argument_group("measurements")
+    ev.add_argument("--lengths", type=_list("lengths", cast=int), default=m.lengths, help="MQAR eval lengths")
+    ev.add_argument("--hops", type=_list("hops", cast=int), default=m.hops, help="MQAR eval hops")
+    ev.add_argument("--samples", type=positive_int, default=m.samples, help="MQAR samples per (length, hops)")
+    ev.add_argument("--probes", type=_list("probes"), default=m.probes,
+                    help="head scores (attnlab probe's names); kv_retrieval: Wu et al.'s retrieval score on "
+                    "MQAR-format prompts")  # fmt: skip
+    ev.add_argument("--probe-lengths", type=positive_int, default=m.niah_lengths,
+                    help="prompt lengths of the retrieval probes (x 5 depths x 2 needles)")  # fmt: skip
+    ev.add_argument(
+        "--top-k", type=positive_int, default=d.top_k, help="top heads whose survival is reported"
+    )
+    ev.add_argument(
+        "--batch", type=positive_int, default=s.batch, help="decode speed: requests decoding together"
+    )
+    ev.add_argument("--prompt-len", type=positive_int, default=s.prompt_len)
+    ev.add_argument("--new-tokens", type=positive_int, default=s.new_tokens)
+    ev.add_argument("--repeats", type=positive_int, default=s.repeats, help="decode speed: timed rounds")
+    p.add_argument("--threads", type=positive_int, default=d.threads,
+                   help="torch threads of each worker and of the decode-speed runs")  # fmt: skip
+    p.add_argument("--seed", type=int, default=m.seed, help="eval samples, probe prompts, decode prompts")
     p.set_defaults(func=command)
 
 

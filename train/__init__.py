@@ -24,6 +24,7 @@ _LAZY = {
     "config_hash": "run_files",
     "threads_per_run": "executors",
     "stdlib_sources": "corpus",
+    "build_data": "data",
     "ExecutorSection": "sweep",
     "SummarySection": "sweep",
     "SweepConfig": "sweep",
