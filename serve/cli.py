@@ -447,7 +447,7 @@ def register_quant(bench) -> None:
     p = bench.add_parser(
         "quant",
         help="INT4 weights per attention family: loss, k-hop recall, top heads, bytes, tok/s; PTQ vs QAT",
-        description="Trains full, lightning and 7:1 hybrid models (8 layers, d 64) on the k-hop MQAR "
+        description="Trains full, lightning (2 layers) and 7:1 hybrid (8 layers) models, d 64, on the k-hop MQAR "
         "curriculum, each plainly and with INT4 QAT from half-way, and compares fp32, INT4 PTQ and INT4 QAT: "
         "validation loss, chain accuracy by length x hops, whether the top retrieval / induction heads "
         "survive, weight bytes and decode tokens/s; plus a text LM for the loss. The default run takes "
@@ -457,7 +457,7 @@ def register_quant(bench) -> None:
         "--out", type=Path, default=d.out, help="run directory (results.json, quant.md/.png, models/, int4/)"
     )
     p.add_argument("--families", type=_list("families", list(FAMILIES)), default=d.families,
-                   help="full (FFFFFFFF), lightning (LLLLLLLL), hybrid-7to1 (LLLLLLLF)")  # fmt: skip
+                   help="full (FF), lightning (LL), hybrid-7to1 (FLLLLLLL)")  # fmt: skip
     p.add_argument("--text", action=argparse.BooleanOptionalAction, default=t.text,
                    help="also a byte-level LM on the local corpus (configs/train/stdlib_lm.yaml)")  # fmt: skip
     tr = p.add_argument_group("training (runs in OUT/models are reused when finished with the same config)")

@@ -1,9 +1,10 @@
 """`attnlab bench quant`: does INT4 weight quantization hurt long-context recall, per attention
 family, and does quantization-aware training recover what post-training quantization loses?
 
-Families (serve/quant_bench_models.py), each 8 layers of width 64 trained on the k-hop MQAR
-curriculum of configs/train/khop_mqar.yaml: `full` (8 softmax layers), `lightning` (8 lightning
-layers) and `hybrid-7to1` (MiniMax-01's 7 lightning : 1 full); optionally a byte-level LM on the
+Families (serve/quant_bench_models.py), each of width 64 and trained on the k-hop MQAR
+curriculum of configs/train/khop_mqar.yaml: `full` (FF) and `lightning` (LL), the k-hop setup's
+2-layer models, and `hybrid-7to1` (7 lightning : 1 softmax, softmax first: FLLLLLLL; why these
+depths and this order: quant_bench_models.py); optionally a byte-level LM on the
 local corpus (configs/train/stdlib_lm.yaml, shortened) for the loss comparison. Each family is
 trained twice: plainly, and with torchao fake quant from half-way (its QAT twin). Variants
 (serve/quant_bench_variants.py): `fp32` (the trained model as it is: training runs in float32,
@@ -46,7 +47,7 @@ from ..kernels import describe_kernels, kernel_record
 from .bench import environment
 from .quant_bench_heads import survival
 from .quant_bench_measure import MeasureSettings, measure_family
-from .quant_bench_models import FAMILIES, TEXT, TrainSettings, prepare_runs, run_specs
+from .quant_bench_models import FAMILIES, TEXT, TrainSettings, layout_of, prepare_runs, run_specs
 from .quant_bench_speed import SpeedSettings, decode_speed
 from .quant_bench_variants import VARIANTS, write_variants
 
@@ -90,9 +91,12 @@ class QuantBenchOptions:
                 )
         if t.hidden % t.heads:
             raise ValueError(f"--heads {t.heads}: must divide --hidden {t.hidden}")
-        heads = 8 * t.heads
+        layers = min(len(layout_of(f)) for f in self.families)
+        heads = layers * t.heads
         if not 1 <= self.top_k <= heads:
-            raise ValueError(f"--top-k {self.top_k}: must be in 1..{heads} (8 layers x --heads {t.heads})")
+            raise ValueError(
+                f"--top-k {self.top_k}: must be in 1..{heads} ({layers} layers x --heads {t.heads})"
+            )
         for name in ("jobs", "threads"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} {getattr(self, name)}: must be positive")

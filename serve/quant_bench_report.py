@@ -112,11 +112,12 @@ def markdown(results: dict) -> str:
     probes = m["probes"]
     qat_from = sorted({r["qat_start_step"] for r in runs.values() if r["qat_start_step"] is not None})
     text = f"; the text LM {t['text_steps']} steps on the local corpus" if t["text"] else ""
+    layouts = ", ".join(f"{f} {fam['layers']}" for f, fam in results["families"].items() if not fam["text"])
     phases = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in results["phases_s"].items())
     lines = [
         "# INT4 weights by attention family: post-training quantization vs QAT",
         "",
-        f"Families of 8 layers, d {t['hidden']}, trained {t['steps']} steps on the k-hop MQAR curriculum "
+        f"Families ({layouts}), d {t['hidden']}, trained {t['steps']} steps on the k-hop MQAR curriculum "
         f"(configs/train/khop_mqar.yaml, scaled){text}. Variants: fp32 = the trained model as it is "
         "(training runs in float32: the baseline is fp32; bf16 bytes are shown beside it); int4-ptq = the "
         "default INT4 scheme (symmetric, groups of 32, every Linear in the decoder layers) applied after "

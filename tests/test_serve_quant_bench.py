@@ -27,7 +27,7 @@ from attnlab.serve.quant_bench_variants import VARIANTS
 FAMILIES = ["full", "hybrid-7to1"]
 # Linear modules in the decoder layers: a softmax layer has q, k, v, o; a lightning layer qkv,
 # output_gate, o; every layer's FFN gate, up, down.
-LINEARS = {"full": 8 * (4 + 3), "hybrid-7to1": 7 * (3 + 3) + (4 + 3)}
+LINEARS = {"full": 2 * (4 + 3), "hybrid-7to1": 7 * (3 + 3) + (4 + 3)}
 TINY_TRAIN = TrainSettings(steps=2, hidden=32, val_examples=8, text=False)
 TINY_MEASURE = MeasureSettings(lengths=[64, 128], hops=[1, 2], samples=4, niah_lengths=1, probe_batch=2)
 TINY_SPEED = SpeedSettings(batch=2, prompt_len=16, new_tokens=4, repeats=1)
@@ -106,7 +106,7 @@ def test_tiny_run_writes_consistent_outputs(tiny_run):
             cells = [a for row in e["eval"]["accuracy"].values() for a in row.values()]
             assert len(cells) == 4 and all(a is None or 0 <= a <= 1 for a in cells)
             heads = e["heads"]["induction"]["scores"]
-            assert len(heads) == 8 and all(len(row) == 2 for row in heads)
+            assert len(heads) == len(fam["layers"]) and all(len(row) == 2 for row in heads)
             assert e["decode"]["tokens_per_s"] > 0 and len(e["decode"]["rounds"]) == 1
             assert f"| {name} | {e['loss']:.3f} |" in md
         assert f"## {family} ({fam['layers']})" in md
@@ -143,7 +143,7 @@ def test_rerun_reuses_the_trained_runs(tiny_run, capsys):
         (["--hidden", "48"], "--hidden 48: must be a multiple of 32"),
         (["--qat-start", "1.5"], "--qat-start 1.5: must be in (0, 1)"),
         (["--probes", "retrieval,bogus"], "--probes ['bogus']: allowed: retrieval"),
-        (["--top-k", "17"], "--top-k 17: must be in 1..16"),
+        (["--top-k", "5"], "--top-k 5: must be in 1..4 (2 layers x --heads 2)"),
         (["--heads", "3"], "--heads 3: must divide --hidden 64"),
     ],
 )
@@ -187,7 +187,7 @@ def test_rows_drawn_follow_the_trainers_batch_schedule():
 
 
 def test_run_configs_follow_the_base_configs(tmp_path):
-    """The MQAR runs: khop_mqar.yaml's curriculum scaled to the steps, 8 layers of the family; the
+    """The MQAR runs: khop_mqar.yaml's curriculum scaled to the steps, the family's layers; the
     text runs: stdlib_lm.yaml shortened; a QAT twin adds only its quant section."""
     from attnlab.train import parse_args
 
@@ -199,7 +199,7 @@ def test_run_configs_follow_the_base_configs(tmp_path):
     }
     mqar, twin, text = configs["hybrid-7to1"], configs["hybrid-7to1-qat"], configs["text-lm"]
     assert (
-        mqar.model.layers == "LLLLLLLF" and mqar.model.num_hidden_layers == 8 and mqar.model.hidden_size == 64
+        mqar.model.layers == "FLLLLLLL" and mqar.model.num_hidden_layers == 8 and mqar.model.hidden_size == 64
     )
     assert [e.get("start_step", 0) for e in mqar.data.task.mixture] == [
         0,
