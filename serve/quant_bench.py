@@ -8,8 +8,9 @@ depths and this order: quant_bench_models.py); optionally a byte-level LM on the
 local corpus (configs/train/stdlib_lm.yaml, shortened) for the loss comparison. Each family is
 trained twice: plainly, and with torchao fake quant from half-way (its QAT twin). Variants
 (serve/quant_bench_variants.py): `fp32` (the trained model as it is: training runs in float32,
-so the unquantized baseline is fp32, not bf16), `int4-ptq` (the default INT4 scheme applied to
-it after training) and `int4-qat` (the QAT twin converted with its recorded scheme).
+so it is the reference), `bf16` (its weights rounded to bfloat16, run in bfloat16: the baseline
+INT4 serving replaces), `int4-ptq` (the default INT4 scheme applied to it after training) and
+`int4-qat` (the QAT twin converted with its recorded scheme).
 
 Per (family, variant): validation loss on the held-out rows the trainer validated on; k-hop MQAR
 chain accuracy by length x hops (the eval suite's token task); retrieval and induction head scores
@@ -19,17 +20,15 @@ the INT4 models); decode tokens/s through the serving engine (same prompts, gree
 
 Outputs under --out: results.json (everything, with options and environment), quant.md (a table
 per family), quant.png (accuracy vs length per family, a line per variant), models/ (the training
-runs and their configs, reused by a rerun), int4/ (the INT4 model folders).
+runs and their configs, reused by a rerun), bf16/ and int4/ (the variants' model folders).
 
-The default run takes about 25 minutes on a 2-core CPU with nothing else running, estimated from
-measured parts (`--train-steps 100 --text-steps 30` with every other default: 5.3 min, of which
-measuring 1.2 and decode speed 1.1; training 2 at a time, 1 thread each, runs 0.27 / 0.29 / 0.32 s
-per step for full / lightning / hybrid-7to1, +0.1 s per step under fake quant, 0.63 s for the
-text LM, ~15 s of set-up per run): the 8 runs take ~21 min, 2 at a time. These 8-layer models
-learn k-hop recall slowly: at 1000 steps full and hybrid-7to1 answered ~27 % of the 1-hop 64-token
-validation queries (25 % is a guess among the 4 values in context), and full still only 42 % after
-3000 steps (development machine). quant.md flags a family whose fp32 model has not learned recall;
-its loss, head-score and size comparisons stand, its accuracy comparison says little.
+The default run took 22.5 minutes on the development machine's 2 cores with nothing else running
+(training 20.9: 165-199 s per full / lightning run, 599-653 s per hybrid-7to1 run, ~205 s per text
+run, 2 at a time, 1 thread each; measuring 0.8; decode speed 0.8). At 2000 steps the 2-layer full
+model learns k-hop recall (93 % of chains over lengths 64-512 and 1-4 hops), lightning does not
+(44 % of 1-hop chains at 64 tokens, none at 2 hops: as in evals/KHOP_RESULTS.md) and the hybrid
+half does (52 % at 64 tokens, 1 hop). quant.md flags a family whose fp32 model has not learned
+recall; its loss, head-score and size comparisons stand, its accuracy comparison says little.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..common import human_bytes
 from .quant_bench_heads import top_heads
 
-STYLES = {"fp32": ("-", "o"), "int4-ptq": ("--", "s"), "int4-qat": (":", "^")}
+STYLES = {"fp32": ("-", "o"), "bf16": ("-.", "d"), "int4-ptq": ("--", "s"), "int4-qat": (":", "^")}
 LEARNED = 0.5  # fp32 chain accuracy at the shortest length, fewest hops, below which recall is not learned
 
 
@@ -38,11 +38,13 @@ def _survival(s: dict | None) -> str:
     return f"{kept}/{len(s['base_top'])} (ρ {rho})"
 
 
-def _bytes(b: dict, base: dict) -> str:
+def _bytes(b: dict, base: dict, variant: str) -> str:
     """Quantized modules: bytes, and how much smaller than the fp32 and bf16 models' modules."""
     q = b["quantized_modules"]
+    if variant == "fp32":
+        return human_bytes(q)
     if not b["int4_modules"]:
-        return f"{human_bytes(q)} (bf16 {human_bytes(b['bf16_quantized_modules'])})"
+        return f"{human_bytes(q)} ({base['quantized_modules'] / q:.2f}x < fp32)"
     return (f"{human_bytes(q)} ({base['quantized_modules'] / q:.2f}x < fp32, "
             f"{base['bf16_quantized_modules'] / q:.2f}x < bf16)")  # fmt: skip
 
@@ -65,7 +67,7 @@ def family_table(name: str, fam: dict, probes: list[str], k: int) -> list[str]:
         lines.append(
             f"| {v} | {_num(e['loss'])} | {delta} | {_pct(acc)} | "
             + " | ".join(kept)
-            + f" | {_bytes(e['bytes'], base['bytes'])} | {human_bytes(e['bytes']['model'])} "
+            + f" | {_bytes(e['bytes'], base['bytes'], v)} | {human_bytes(e['bytes']['model'])} "
             f"| {e['decode']['tokens_per_s']:.0f} |"
         )
     if base["eval"] is not None:
@@ -110,7 +112,6 @@ def markdown(results: dict) -> str:
     t, m, s = o["train"], o["measure"], o["speed"]
     runs = results["runs"]
     probes = m["probes"]
-    qat_from = sorted({r["qat_start_step"] for r in runs.values() if r["qat_start_step"] is not None})
     text = f"; the text LM {t['text_steps']} steps on the local corpus" if t["text"] else ""
     layouts = ", ".join(f"{f} {fam['layers']}" for f, fam in results["families"].items() if not fam["text"])
     phases = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in results["phases_s"].items())
@@ -119,10 +120,10 @@ def markdown(results: dict) -> str:
         "",
         f"Families ({layouts}), d {t['hidden']}, trained {t['steps']} steps on the k-hop MQAR curriculum "
         f"(configs/train/khop_mqar.yaml, scaled){text}. Variants: fp32 = the trained model as it is "
-        "(training runs in float32: the baseline is fp32; bf16 bytes are shown beside it); int4-ptq = the "
+        "(training runs in float32: fp32 is the reference); bf16 = its weights rounded to and run in bfloat16; int4-ptq = the "
         "default INT4 scheme (symmetric, groups of 32, every Linear in the decoder layers) applied after "
-        "training; int4-qat = a second run with torchao fake quant from step "
-        f"{' / '.join(map(str, qat_from))}, converted with its recorded scheme. Val loss: NLL per answer "
+        "training; int4-qat = a second run with torchao fake quant from the step in the runs table's "
+        "'QAT from', converted with its recorded scheme. Val loss: NLL per answer "
         "token on the held-out rows the trainer validated on. MQAR: the eval suite's chain accuracy "
         f"({m['samples']} samples per cell). Top heads kept: of the fp32 model's top {o['top_k']} heads "
         f"(scores > 0), how many are in the variant's top {o['top_k']}, and Spearman's ρ of all head scores. "

@@ -85,6 +85,15 @@ def test_tiny_run_writes_consistent_outputs(tiny_run):
         by_hand = packed_bytes_by_hand(fp32_model)
         fp32_bytes = v["fp32"]["bytes"]
         assert fp32_bytes["int4_modules"] == 0 and fp32_bytes["modules"] == LINEARS[family]
+        # bf16: the fp32 weights rounded, run in bfloat16; half the bytes, nearly the same loss.
+        bf16 = AutoModelForCausalLM.from_pretrained(v["bf16"]["folder"])
+        assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+        for a, b in zip(bf16.parameters(), fp32_model.parameters(), strict=True):
+            assert torch.equal(a, b.to(torch.bfloat16))
+        assert v["bf16"]["bytes"]["quantized_modules"] * 2 == fp32_bytes["quantized_modules"]
+        assert v["bf16"]["bytes"]["model"] * 2 == fp32_bytes["model"] and v["bf16"]["scheme"] is None
+        assert v["bf16"]["loss"] == pytest.approx(v["fp32"]["loss"], abs=0.05)
+        assert "survival" in v["bf16"] and v["bf16"]["kernel_check"] is None
         for name in ("int4-ptq", "int4-qat"):
             e = v[name]
             assert e["bytes"]["quantized_modules"] == by_hand
