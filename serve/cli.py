@@ -484,6 +484,8 @@ def register_quant(bench) -> None:
     ev.add_argument(
         "--top-k", type=positive_int, default=d.top_k, help="top heads whose survival is reported"
     )
+    ev.add_argument("--min-head-score", type=float, default=d.min_head_score,
+                    help="... of the heads scoring at least this in the fp32 model (0..1)")  # fmt: skip
     ev.add_argument(
         "--batch", type=positive_int, default=s.batch, help="decode speed: requests decoding together"
     )

@@ -58,6 +58,7 @@ class QuantBenchOptions:
     out: Path = Path("runs/bench-quant")
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
     top_k: int = 3  # heads per probe whose survival is reported
+    min_head_score: float = 0.1  # ... of those scoring at least this (a 1 % copier is noise)
     jobs: int = 2  # training runs (then families measured) at once, one process each
     threads: int = 1  # torch threads of each worker and of the decode-speed measurement
     progress_every: float = 60.0  # seconds between progress lines while training
@@ -96,6 +97,10 @@ class QuantBenchOptions:
             raise ValueError(
                 f"--top-k {self.top_k}: must be in 1..{heads} ({layers} layers x --heads {t.heads})"
             )
+        if not 0 <= self.min_head_score <= 1:
+            raise ValueError(
+                f"--min-head-score {self.min_head_score}: must be in [0, 1] (head scores are rates)"
+            )
         for name in ("jobs", "threads"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} {getattr(self, name)}: must be positive")
@@ -130,7 +135,9 @@ def measure_all(opts: QuantBenchOptions, runs: dict, folders: dict, say) -> dict
     return {f: out[f] for f in names}
 
 
-def family_entry(family: str, runs: dict, made: dict, measured: dict, speed: dict, top_k: int) -> dict:
+def family_entry(
+    family: str, runs: dict, made: dict, measured: dict, speed: dict, top_k: int, min_score: float
+) -> dict:
     """One family's results: its runs, and per variant the measurements, speed and head survival."""
     variants = {}
     base_heads = measured["fp32"]["heads"]
@@ -138,7 +145,9 @@ def family_entry(family: str, runs: dict, made: dict, measured: dict, speed: dic
         entry = {**measured[v], "scheme": made[v]["scheme"], "decode": speed[v]}
         if v != "fp32":
             entry["survival"] = {
-                probe: survival(base_heads[probe]["scores"], entry["heads"][probe]["scores"], top_k)
+                probe: survival(
+                    base_heads[probe]["scores"], entry["heads"][probe]["scores"], top_k, min_score
+                )
                 for probe in base_heads
             }
         variants[v] = entry
@@ -182,7 +191,10 @@ def run(opts: QuantBenchOptions, progress: bool = True) -> dict:
         "options": options,
         "environment": environment(),
         "runs": runs,
-        "families": {f: family_entry(f, runs, made[f], measured[f], speed[f], opts.top_k) for f in families},
+        "families": {
+            f: family_entry(f, runs, made[f], measured[f], speed[f], opts.top_k, opts.min_head_score)
+            for f in families
+        },
         "kernels": kernel_record(),
         "wall_s": time.perf_counter() - started,
         "phases_s": phases,  # train (0 when every run was reused), measure, speed
@@ -209,7 +221,8 @@ def command(args) -> int:
         seed=args.seed,
     )  # fmt: skip
     opts = QuantBenchOptions(
-        out=args.out, families=args.families, top_k=args.top_k, jobs=args.jobs, threads=args.threads,
+        out=args.out, families=args.families, top_k=args.top_k, min_head_score=args.min_head_score,
+        jobs=args.jobs, threads=args.threads,
         train=train, measure=measure, speed=speed,
     )  # fmt: skip
     try:

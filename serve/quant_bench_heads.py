@@ -1,6 +1,7 @@
 """Do a model's top heads survive quantization? Per probe, the unquantized model's top-k heads
-(by score; only heads scoring above 0 count as found) against a quantized model's: the share of
-them still in its top k, and Spearman's rank correlation of all head scores.
+(by score; only heads scoring at least `min_score`, and above 0, count as found: a head that copies
+1 % of the time is noise, not a retrieval head) against a quantized model's: the share of them
+still in its top k, and Spearman's rank correlation of all head scores.
 
 Scores are [layer][head] lists as probes/ returns them (NaN or None where a head has no score).
 """
@@ -20,16 +21,19 @@ def _flat(scores: list[list[float | None]]) -> dict[tuple[int, int], float]:
     }
 
 
-def top_heads(scores: list[list[float | None]], k: int) -> list[tuple[int, int]]:
-    """The k best heads scoring above 0, best first (ties: lower layer, then lower head, first)."""
-    ranked = sorted(((-s, head) for head, s in _flat(scores).items() if s > 0))
+def top_heads(scores: list[list[float | None]], k: int, min_score: float = 0.0) -> list[tuple[int, int]]:
+    """The k best heads scoring above 0 and at least `min_score`, best first (ties: lower layer,
+    then lower head, first)."""
+    ranked = sorted(((-s, head) for head, s in _flat(scores).items() if s > 0 and s >= min_score))
     return [head for _, head in ranked[:k]]
 
 
-def top_overlap(base: list[list[float | None]], other: list[list[float | None]], k: int) -> float | None:
-    """|top_k(base) ∩ top_k(other)| / |top_k(base)|, in [0, 1]; None when no base head scores above 0
-    (nothing to survive)."""
-    kept = top_heads(base, k)
+def top_overlap(
+    base: list[list[float | None]], other: list[list[float | None]], k: int, min_score: float = 0.0
+) -> float | None:
+    """|top_k(base, scoring >= min_score) ∩ top_k(other)| / |the former|, in [0, 1]; None when no
+    base head scores above 0 and at least min_score (nothing to survive)."""
+    kept = top_heads(base, k, min_score)
     if not kept:
         return None
     return len(set(kept) & set(top_heads(other, k))) / len(kept)
@@ -66,12 +70,15 @@ def spearman(base: list[list[float | None]], other: list[list[float | None]]) ->
     return sxy / math.sqrt(sxx * syy)
 
 
-def survival(base: list[list[float | None]], other: list[list[float | None]], k: int) -> dict:
+def survival(
+    base: list[list[float | None]], other: list[list[float | None]], k: int, min_score: float = 0.0
+) -> dict:
     """What the report shows for one probe and one quantized variant."""
     return {
         "top_k": k,
-        "base_top": [list(h) for h in top_heads(base, k)],
+        "min_score": min_score,
+        "base_top": [list(h) for h in top_heads(base, k, min_score)],
         "top": [list(h) for h in top_heads(other, k)],
-        "overlap": top_overlap(base, other, k),
+        "overlap": top_overlap(base, other, k, min_score),
         "spearman": spearman(base, other),
     }

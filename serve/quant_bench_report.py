@@ -32,7 +32,7 @@ def _survival(s: dict | None) -> str:
     if s is None:
         return "–"
     if s["overlap"] is None:
-        return "none found"
+        return "–"
     kept = round(s["overlap"] * len(s["base_top"]))
     rho = "–" if s["spearman"] is None else f"{s['spearman']:.2f}"
     return f"{kept}/{len(s['base_top'])} (ρ {rho})"
@@ -126,7 +126,8 @@ def markdown(results: dict) -> str:
         "'QAT from', converted with its recorded scheme. Val loss: NLL per answer "
         "token on the held-out rows the trainer validated on. MQAR: the eval suite's chain accuracy "
         f"({m['samples']} samples per cell). Top heads kept: of the fp32 model's top {o['top_k']} heads "
-        f"(scores > 0), how many are in the variant's top {o['top_k']}, and Spearman's ρ of all head scores. "
+        f"(those scoring at least {o['min_head_score']}: '–' when none does), how many are in the variant's "
+        f"top {o['top_k']}, and Spearman's ρ of all head scores. "
         f"Decode: batch {s['batch']}, {s['prompt_len']}-token prompts, {s['new_tokens']} greedy tokens, "
         f"median of {s['repeats']} rounds, {o['threads']} torch thread(s), the INT4 models on torch's packed "
         f"INT4 matmul. torch {env['torch']}, {env['cpus']} CPUs, {env['time']}; whole run "

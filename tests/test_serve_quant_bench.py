@@ -18,7 +18,7 @@ from torch import nn
 
 from attnlab.cli import main
 from attnlab.serve.quant_bench import QuantBenchOptions, run
-from attnlab.serve.quant_bench_heads import ranks, spearman, top_heads, top_overlap
+from attnlab.serve.quant_bench_heads import ranks, spearman, survival, top_heads, top_overlap
 from attnlab.serve.quant_bench_measure import MeasureSettings, validation_slices
 from attnlab.serve.quant_bench_models import TrainSettings, rows_drawn, run_config, run_specs
 from attnlab.serve.quant_bench_speed import SpeedSettings
@@ -154,6 +154,7 @@ def test_rerun_reuses_the_trained_runs(tiny_run, capsys):
         (["--probes", "retrieval,bogus"], "--probes ['bogus']: allowed: retrieval"),
         (["--top-k", "5"], "--top-k 5: must be in 1..4 (2 layers x --heads 2)"),
         (["--heads", "3"], "--heads 3: must divide --hidden 64"),
+        (["--min-head-score", "2"], "--min-head-score 2.0: must be in [0, 1]"),
     ],
 )
 def test_bad_flags_are_clear_errors(tmp_path, capsys, flags, message):
@@ -174,6 +175,12 @@ def test_head_survival_by_hand_and_against_scipy():
     assert top_overlap(base, other, 3) == pytest.approx(1 / 3)  # only (1, 0) survives
     assert top_overlap(base, base, 3) == 1.0
     assert top_overlap([[0.0, 0.0]], other, 3) is None
+    # Only base heads scoring >= min_score must survive; the variant's top k is ranked as before.
+    assert top_heads(base, 3, min_score=0.6) == [(0, 0), (2, 0)]
+    assert top_overlap(base, other, 3, min_score=0.6) == 0.0  # neither (0,0) nor (2,0) in other's top 3
+    assert top_overlap(base, [[0.7, 0.8], [0.6, 0.0], [0.05, 0.3]], 3, min_score=0.6) == 0.5
+    assert top_overlap(base, other, 3, min_score=0.95) is None  # no base head that strong
+    assert survival(base, other, 3, 0.6)["base_top"] == [[0, 0], [2, 0]]
     # Spearman over the heads both score: (0,0), (0,1), (1,0), (2,1).
     pairs = [(0.9, 0.2), (0.0, 0.8), (0.5, 0.6), (0.1, 0.3)]
     assert spearman(base, other) == pytest.approx(spearmanr(*zip(*pairs, strict=True)).statistic)
