@@ -117,6 +117,28 @@ def test_int4_linear_equals_x_times_dequantized_weight(k, n, group_size, kernel,
         assert (got16.float() - want16).abs().max().item() <= 1e-2 * want16.abs().max().item()
 
 
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+    reason="torch's CUDA INT4 matmul needs a GPU of compute capability 8.0+",
+)
+@pytest.mark.parametrize("k, n", [(64, 32), (256, 96)])
+def test_int4_linear_on_cuda_runs_the_packed_kernel_and_equals_the_dequantized_matmul(k, n):
+    """W4A16 on GPU: moving an Int4Linear to CUDA in bf16 repacks q for torch's tinygemm op; its
+    output equals x @ (q x scale)^T within bf16 rounding, and moving back to CPU gives q back."""
+    torch.manual_seed(k + n)
+    linear = nn.Linear(k, n, bias=True).to(torch.bfloat16)
+    layer = Int4Linear.from_linear(linear, 32)
+    q = layer.int_weight().clone()
+    gpu = copy.deepcopy(layer).cuda()
+    assert gpu.kernel == "cuda" and gpu.packed.device.type == "cuda"
+    x = torch.randn(7, k, dtype=torch.bfloat16, device="cuda")
+    want = x.float() @ gpu.weight.float().T + linear.bias.detach().float().cuda()
+    got = gpu(x)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max().item() <= 1e-2 * want.abs().max().item()
+    assert torch.equal(gpu.cpu().int_weight(), q)
+
+
 def test_int4_linear_state_dict_is_the_pack_quantized_layout_and_survives_moves():
     torch.manual_seed(0)
     linear = nn.Linear(64, 32, bias=False)
