@@ -447,8 +447,9 @@ def register_quant(bench) -> None:
     p = bench.add_parser(
         "quant",
         help="INT4 weights per attention family: loss, k-hop recall, top heads, bytes, tok/s; PTQ vs QAT",
-        description="Trains full, lightning (2 layers) and 7:1 hybrid (8 layers) models, d 64, on the k-hop MQAR "
-        "curriculum, each plainly and with INT4 QAT from half-way, and compares fp32, bf16, INT4 PTQ and INT4 QAT: "
+        description="Trains full, lightning (2 layers) and 7:1 hybrid (8 layers) models, d 64, on the "
+        "k-hop MQAR curriculum, each plainly and with INT4 QAT from half-way, and compares fp32, bf16, "
+        "INT4 PTQ and INT4 QAT: "
         "validation loss, chain accuracy by length x hops, whether the top retrieval / induction heads "
         "survive, weight bytes and decode tokens/s; plus a text LM for the loss. The default run takes "
         "about 23 minutes on a 2-core CPU (training ~21 of them; a rerun reuses the runs in OUT/models).",

@@ -10,8 +10,8 @@ layers for all three, and why softmax first (measured on the development machine
 lr 1e-3 too); at step 500 the 8-layer hybrid reaches 33 % with its softmax layer first (FLLLLLLL)
 and 19 % with it last (LLLLLLLF, MiniMax-01's order) — as the 2-layer FL learned recall in 2 of 3
 seeds and LF in none (evals/KHOP_RESULTS.md). A quantization comparison of models that never
-learned recall says nothing about recall. The MQAR runs follow configs/train/khop_mqar.yaml — its model width, data, curriculum and
-optimizer — for `steps` steps, the curriculum's start steps and the warm-up scaled by steps / 1500.
+learned recall says nothing about recall. The MQAR runs follow configs/train/khop_mqar.yaml — its
+model width, data, curriculum and optimizer — for `steps` steps, the curriculum's start steps and the warm-up scaled by steps / 1500.
 The text runs follow configs/train/stdlib_lm.yaml (LLLF, d 128) for `text_steps`. A QAT twin is the
 same config plus `quant: {qat: true, start_step: qat_start x steps}`: torchao fake quant from that
 step on, so its final validation already measures the INT4 forward.
