@@ -46,7 +46,15 @@ from ..kernels import describe_kernels, kernel_record
 from .bench import environment
 from .quant_bench_heads import survival
 from .quant_bench_measure import MeasureSettings, measure_family
-from .quant_bench_models import FAMILIES, TEXT, TrainSettings, layout_of, prepare_runs, run_specs
+from .quant_bench_models import (
+    FAMILIES,
+    TEXT,
+    TrainSettings,
+    layout_of,
+    prepare_runs,
+    quiet_model_io,
+    run_specs,
+)
 from .quant_bench_speed import SpeedSettings, decode_speed
 from .quant_bench_variants import VARIANTS, write_variants
 
@@ -164,6 +172,7 @@ def run(opts: QuantBenchOptions, progress: bool = True) -> dict:
     from .quant_bench_report import markdown, plot
 
     opts.check()
+    quiet_model_io()
     say = _say(progress)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +182,7 @@ def run(opts: QuantBenchOptions, progress: bool = True) -> dict:
     phases = {"train": time.perf_counter() - started}
     families = [*opts.families, *([TEXT] if opts.train.text else [])]
     made = {f: write_variants(out, runs, f) for f in families}
-    say(f"wrote the INT4 models of {', '.join(families)} in {out / 'int4'}")
+    say(f"wrote the bf16 and INT4 models of {', '.join(families)} in {out / 'bf16'} and {out / 'int4'}")
     measured = measure_all(opts, runs, made, say)
     phases["measure"] = time.perf_counter() - started - phases["train"]
     torch.set_num_threads(opts.threads)

@@ -170,7 +170,9 @@ def measure_family(family: str, folders: dict[str, str], run_dir: str, text: boo
     """Every measurement but speed for each variant folder of one family (a worker's job)
     -> {variant: measurements}."""
     from ..evals import load_model, training_mqar_options
+    from .quant_bench_models import quiet_model_io
 
+    quiet_model_io()
     torch.set_num_threads(settings.threads)
     slices = validation_slices(Path(run_dir))
     mqar_options = {} if text else training_mqar_options(run_dir, Path(run_dir) / "hf")

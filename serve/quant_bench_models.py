@@ -173,9 +173,19 @@ def run_state(config_path: Path) -> str:
     return "resume" if any((run_dir / "checkpoints").glob("*.ckpt")) else "new"
 
 
+def quiet_model_io() -> None:
+    """No transformers progress bar per model save or load ("Writing model shards", "Loading
+    weights"): the benchmark prints its own progress lines. Called in every process it runs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def train_run(config_path: Path, resume: bool) -> dict:
     """Train (or finish training) one run -> its result.json."""
     from ..train import parse_args, train
+
+    quiet_model_io()
 
     cfg, _ = parse_args(["--config", str(config_path)])
     result = train(cfg, resume=resume)
