@@ -175,9 +175,8 @@ def load_int4(model_class, folder: str | Path, config, dtype: torch.dtype | str 
     for name, linear in linear_modules(model).items():
         if ignored(name, ignore):
             continue
-        parent_name, _, attr = name.rpartition(".")
         int4 = Int4Linear(linear.in_features, linear.out_features, group_size, linear.bias is not None, dtype)
-        setattr(model.get_submodule(parent_name), attr, int4)
+        model.set_submodule(name, int4)
     state = read_safetensors(folder)
     missing, unexpected = [], []
     try:

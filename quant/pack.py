@@ -23,9 +23,7 @@ def quantize_model(model: nn.Module, scheme: QuantScheme, label: Label = quant_f
     scheme.check(label)
     names = select_linears(model, scheme, label)
     for name in names:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, attr, Int4Linear.from_linear(getattr(parent, attr), scheme.group_size))
+        model.set_submodule(name, Int4Linear.from_linear(model.get_submodule(name), scheme.group_size))
     config = getattr(model, "config", None)
     if config is not None:
         config.attnlab_quant = scheme.to_dict()

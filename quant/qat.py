@@ -59,6 +59,5 @@ def strip_fake_quant(model: nn.Module) -> int:
     model is a plain one again (config.attnlab_quant keeps the scheme). Returns how many."""
     found = fake_quant_modules(model)
     for name, module in found.items():
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, module.to_linear())
+        model.set_submodule(name, module.to_linear())
     return len(found)

@@ -144,15 +144,15 @@ def dequantized(model) -> nn.Module:
     from ..quant import int4_modules
 
     for name, module in int4_modules(model).items():
-        parent_name, _, attr = name.rpartition(".")
-        linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        weight = module.weight  # Int4Linear.weight: the dequantized [N, K], computed on each access
+        linear = nn.Linear(
+            module.in_features, module.out_features, bias=module.bias is not None, device=weight.device
+        )
         with torch.no_grad():
-            linear.weight.copy_(module.weight)  # Int4Linear.weight: the dequantized [N, K]
+            linear.weight.copy_(weight)
             if module.bias is not None:
                 linear.bias.copy_(module.bias)
-        setattr(
-            model.get_submodule(parent_name) if parent_name else model, attr, linear.to(module.weight.device)
-        )
+        model.set_submodule(name, linear)
     return model
 
 
