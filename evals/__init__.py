@@ -28,6 +28,7 @@ _LAZY = {
     "build_tokenizer": "tokenizer",
     "encode": "tokenizer",
     "load_model": "loading",
+    "resolve_model_dir": "loading",
     "training_mqar_options": "loading",
     "chain_accuracy": "token_tasks",
     "mqar_cell": "token_tasks",

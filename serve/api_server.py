@@ -3,6 +3,10 @@
     app = build_app(LLMEngine(model, tokenizer, config), ServerOptions(model_name="tiny"))
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
+`build_app` takes the engine itself (run on a thread of this process: serve/async_engine.py) or a
+launched ProcessEngine (the engine in a process of its own: serve/engine_process.py); the routes
+see the same interface either way.
+
 Every `/v1/*` route checks the API key (when one is set), reads the body under a size limit,
 parses it strictly (serve/api_protocol.py), checks the prompt against the context, and only then
 hands the request to the engine thread (serve/async_engine.py). Errors are OpenAI-style bodies
@@ -30,6 +34,7 @@ from .async_engine import AsyncEngine, EngineError, RequestGroup
 from .chat_template import render_chat
 from .detokenize import TextDeltas
 from .engine import LLMEngine
+from .engine_process import ProcessEngine
 from .request import RequestOutput
 from .server_metrics import CONTENT_TYPE, ServerMetrics
 
@@ -49,21 +54,23 @@ class _Choice:
     deltas: TextDeltas
 
 
-def build_app(engine: LLMEngine, options: ServerOptions) -> FastAPI:
-    metrics = ServerMetrics(options.model_name)
-    runner = AsyncEngine(engine, on_step=metrics.observe)
+def build_app(engine: LLMEngine | ProcessEngine, options: ServerOptions) -> FastAPI:
+    if isinstance(engine, ProcessEngine):
+        runner = engine  # its metrics live next to the engine, in its process
+    else:
+        metrics = ServerMetrics(options.model_name)
+        runner = AsyncEngine(engine, on_step=metrics.observe, render=metrics.render)
 
     @asynccontextmanager
     async def lifespan(app):
         runner.start()
-        metrics.observe(engine, [])
         yield
         # uvicorn has already let open requests finish (its graceful-shutdown timeout); abort the rest.
         await asyncio.to_thread(runner.shutdown, False)
 
     app = FastAPI(title="attnlab", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.engine, app.state.runner, app.state.metrics = engine, runner, metrics
-    api = _Api(engine, runner, options)
+    app.state.runner = runner
+    api = _Api(runner, options)
 
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
@@ -91,15 +98,16 @@ def build_app(engine: LLMEngine, options: ServerOptions) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus():
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        return Response(await runner.metrics(), media_type=CONTENT_TYPE)
 
     return app
 
 
 class _Api:
-    def __init__(self, engine: LLMEngine, runner: AsyncEngine, options: ServerOptions):
-        self.engine, self.runner, self.options = engine, runner, options
-        self.tokenizer = engine.tokenizer
+    def __init__(self, runner: AsyncEngine | ProcessEngine, options: ServerOptions):
+        self.runner = runner
+        self.options = options
+        self.tokenizer = runner.tokenizer
         self.created = int(time.time())
 
     # --- checks ----------------------------------------------------------------------------------
@@ -141,7 +149,7 @@ class _Api:
             ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         else:
             ids = prompt
-            vocab = self.engine.vocab_size
+            vocab = self.runner.vocab_size
             bad = [t for t in ids if not 0 <= t < vocab]
             if bad:
                 raise ApiError(400, f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})", param)
@@ -150,7 +158,7 @@ class _Api:
         return ids
 
     def max_tokens(self, ids: list[int], requested: int | None, param: str) -> int:
-        limit = self.engine.max_model_len
+        limit = self.runner.max_model_len
         if requested is None:
             requested = limit - len(ids)
         if len(ids) + requested > limit:
@@ -171,7 +179,7 @@ class _Api:
             "object": "model",
             "created": self.created,
             "owned_by": "attnlab",
-            "max_model_len": self.engine.max_model_len,
+            "max_model_len": self.runner.max_model_len,
         }
         return {"object": "list", "data": [card]}
 

@@ -67,19 +67,42 @@ class RequestGroup:
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine, on_step: Callable[[LLMEngine, list], None] | None = None):
+    def __init__(
+        self,
+        engine: LLMEngine,
+        on_step: Callable[[LLMEngine, list], None] | None = None,
+        render: Callable[[], bytes] | None = None,
+    ):
         """on_step(engine, outputs): called on the engine thread after every step and command
-        batch (metrics); outputs may be empty."""
+        batch (metrics), and once at start; outputs may be empty. render(): the metrics text
+        `metrics()` returns."""
         self.engine = engine
-        self.on_step = on_step
+        self.on_step, self.render = on_step, render
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._sinks: dict[str, _Sink] = {}
         self._stop: str | None = None  # None, "drain" or "abort"
         self._thread = threading.Thread(target=self._run, name="attnlab-engine", daemon=True)
 
+    # --- facts the routes read (serve/engine_process.py's ProcessEngine has the same) ------------
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.engine.vocab_size
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    async def metrics(self) -> bytes:
+        return b"" if self.render is None else self.render()
+
     # --- any thread ----------------------------------------------------------------------------
     def start(self) -> None:
+        self._observe([])
         self._thread.start()
 
     def abort(self, request_id: str) -> None:

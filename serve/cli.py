@@ -606,8 +606,13 @@ def register_serve(sub) -> None:
         help="seconds open requests may finish after Ctrl-C / SIGTERM before they are aborted",
     )  # fmt: skip
     p.add_argument(
-        "--threads", type=positive_int, default=None, help="torch CPU threads (default: every core but one)"
-    )
+        "--threads", type=positive_int, default=None,
+        help="torch CPU threads of the engine (default: every core; every core but one with --engine-thread)",
+    )  # fmt: skip
+    p.add_argument(
+        "--engine-thread", action="store_true",
+        help="run the engine on a thread of the server's process instead of a process of its own",
+    )  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     add_kernels_option(p)
     p.set_defaults(func=cmd_serve)
@@ -623,6 +628,7 @@ def cmd_serve(args) -> int:
         path=args.path, host=args.host, port=args.port, api_key=args.api_key or None,
         model_name=args.served_model_name, device=args.device, max_body_bytes=args.max_body_bytes,
         drain_timeout=args.drain_timeout, log_level=args.log_level, threads=args.threads,
+        engine_process=not args.engine_thread,
     )  # fmt: skip
     try:
         serve(
@@ -635,6 +641,9 @@ def cmd_serve(args) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"attnlab serve: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # the engine process could not start (it says why)
+        print(f"attnlab serve: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

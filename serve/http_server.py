@@ -1,5 +1,6 @@
-"""`attnlab serve PATH`: load a model, build the engine, run the OpenAI-compatible server under
-uvicorn until Ctrl-C / SIGTERM (open requests drain for `drain_timeout` seconds, the rest abort)."""
+"""`attnlab serve PATH`: start the engine (in a process of its own by default, or on a thread of
+this one), run the OpenAI-compatible server under uvicorn until Ctrl-C / SIGTERM (open requests
+drain for `drain_timeout` seconds, the rest abort)."""
 
 from __future__ import annotations
 
@@ -26,27 +27,52 @@ class ServeOptions:
     max_body_bytes: int = 4 * 2**20
     drain_timeout: float = 30.0
     log_level: str = "info"
-    threads: int | None = None  # torch threads; default: every core but one (the HTTP loop's)
+    threads: int | None = None  # torch threads; default: every core (engine process), all but one (thread)
+    engine_process: bool = True  # the engine in a process of its own (engine_process.py)
 
 
 def serve(options: ServeOptions, **engine_options) -> None:
     from .api_server import ServerOptions, build_app
     from .config import EngineConfig
-    from .engine import LLMEngine
-    from .llm import load_for_serving
 
-    config = EngineConfig(**engine_options)  # bad options fail before the model loads
-    # The HTTP loop and the engine share the CPU: torch's OpenMP workers spin while they wait, so
-    # giving them every core starves the loop (measured here on 2 cores: 190 -> 392 output tok/s
-    # at 8 streaming clients with 1 thread instead of 2). vLLM's CPU server does the same.
-    torch.set_num_threads(options.threads or max(1, len(os.sched_getaffinity(0)) - 1))
-    model, tokenizer = load_for_serving(options.path, options.device)
-    engine = LLMEngine(model, tokenizer, config)
+    EngineConfig(**engine_options)  # bad options fail before the model loads
     name = options.model_name or str(options.path)
+    cores = len(os.sched_getaffinity(0))
+    if options.engine_process:
+        from ..evals import resolve_model_dir
+        from ..kernels import current_choice
+        from .engine_process import EngineLaunch, ProcessEngine
+
+        resolve_model_dir(options.path)  # a missing folder: said here, before a process starts
+
+        # Measured on 2 cores (docs/serving.md): the engine process takes every core; the
+        # HTTP loop, mostly waiting, fits between its steps.
+        threads = options.threads or cores
+        engine = ProcessEngine(
+            EngineLaunch(options.path, options.device, threads, name, engine_options, current_choice())
+        )
+        engine.launch()
+        facts = engine.facts
+    else:
+        from ..kernels import keep_freed_memory
+        from .engine import LLMEngine
+        from .llm import load_for_serving
+
+        # On a thread, the engine shares the CPU with the HTTP loop: torch's OpenMP workers spin
+        # while they wait, so every core would starve the loop (measured on 2 cores: 190 -> 392
+        # output tok/s at 8 streaming clients with 1 thread instead of 2).
+        threads = options.threads or max(1, cores - 1)
+        torch.set_num_threads(threads)
+        keep_freed_memory()  # prefill temporaries stay in the heap (docs/serving.md)
+        model, tokenizer = load_for_serving(options.path, options.device)
+        engine = LLMEngine(model, tokenizer, EngineConfig(**engine_options))
+        facts = {"max_model_len": engine.max_model_len, "max_seqs": engine.cache.max_seqs,
+                 "weight_bytes": engine.weight_bytes}  # fmt: skip
     app = build_app(engine, ServerOptions(name, options.api_key, options.max_body_bytes))
+    where = "its own process" if options.engine_process else "a thread"
     print(
-        f"attnlab serve: {name} ({engine.max_model_len} tokens of context, "
-        f"{engine.cache.max_seqs} sequences at most, weights {human_bytes(engine.weight_bytes)}) on "
+        f"attnlab serve: {name} ({facts['max_model_len']} tokens of context, {facts['max_seqs']} sequences "
+        f"at most, weights {human_bytes(facts['weight_bytes'])}; engine on {where}, {threads} threads) on "
         f"http://{options.host}:{options.port}/v1",
         flush=True,
     )
