@@ -71,15 +71,15 @@ def test_completions_chat_and_streams_equal_offline_generate(served):
     )
 
 
-def test_32_concurrent_streaming_clients_get_their_own_outputs(served):
-    prompts = [f"client {i}: " + "abcdefghij"[: i % 10] for i in range(32)]
+def test_64_concurrent_streaming_clients_get_their_own_outputs(served):
+    prompts = [f"client {i}: " + "abcdefghij"[: i % 10] for i in range(64)]
 
     def stream(prompt: str) -> str:
         chunks = served.client().completions.create(model="tiny", prompt=prompt, max_tokens=20, temperature=0,
                                                     stream=True, extra_body={"ignore_eos": True})  # fmt: skip
         return "".join(c.choices[0].text for c in chunks)
 
-    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
         got = list(pool.map(stream, prompts))
     want = served.offline.generate(prompts, SamplingParams(max_tokens=20, ignore_eos=True), use_tqdm=False)
     assert got == [w.text for w in want]
