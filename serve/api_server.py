@@ -9,7 +9,7 @@ see the same interface either way.
 
 Every `/v1/*` route checks the API key (when one is set), reads the body under a size limit,
 parses it strictly (serve/api_protocol.py), checks the prompt against the context, and only then
-hands the request to the engine thread (serve/async_engine.py). Errors are OpenAI-style bodies
+hands the request to the engine runner. Errors are OpenAI-style bodies
 with a 4xx status; the server keeps serving. A client that goes away mid-request has its request
 aborted, which frees its cache blocks and slot. See docs/serving.md ("HTTP server").
 """

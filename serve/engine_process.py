@@ -203,14 +203,17 @@ class ProcessEngine:
                 self._on_outputs(message[1])
             elif kind == "added":
                 _, rid, prompt_ids = message
-                sink, fut, prompt = self._admitting.pop(rid)
-                if not fut.done():  # done: the caller went away while it was admitted (and aborted it)
-                    self._tracked[rid] = _Tracked(sink, prompt, prompt_ids)
-                    _settle(fut, None)
+                sink, fut, prompt = self._admitting.pop(rid, (None, None, None))
+                if fut is None or fut.done():  # its caller went away or was failed meanwhile
+                    self._send(("abort", rid))
+                    continue
+                self._tracked[rid] = _Tracked(sink, prompt, prompt_ids)
+                _settle(fut, None)
             elif kind == "rejected":
                 _, rid, error = message
-                _, fut, _ = self._admitting.pop(rid)
-                _settle(fut, ValueError(error))
+                entry = self._admitting.pop(rid, None)
+                if entry is not None:
+                    _settle(entry[1], ValueError(error))
             elif kind == "metrics":
                 waiter = self._metrics_waiters.pop(message[1], None)
                 if waiter is not None and not waiter.done():
@@ -229,7 +232,8 @@ class ProcessEngine:
                 continue
             tr.token_ids.extend(new_ids)
             if new_logprobs is not None:
-                tr.logprobs = (tr.logprobs or []) + new_logprobs
+                tr.logprobs = tr.logprobs if tr.logprobs is not None else []
+                tr.logprobs.extend(new_logprobs)
             m = tr.metrics
             m.arrival_time, m.first_scheduled_time, m.first_token_time, m.finished_time = times
             m.token_times.extend(new_token_times)
