@@ -136,16 +136,7 @@ class AsyncEngine:
         admitted = [loop.create_future() for _ in requests]
         for i, ((prompt, params, rid), fut) in enumerate(zip(requests, admitted, strict=True)):
             self._send(("add", rid, prompt, params, _Sink(loop, group.queue, i), fut))
-        try:
-            results = await asyncio.gather(*admitted, return_exceptions=True)
-        except BaseException:  # cancelled while waiting
-            group.abort()
-            raise
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            group.abort()
-            raise errors[0]
-        return group
+        return await admitted_group(group, admitted)
 
     # --- the engine thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -213,6 +204,21 @@ class AsyncEngine:
     def _observe(self, outputs: list) -> None:
         if self.on_step is not None:
             self.on_step(self.engine, outputs)
+
+
+async def admitted_group(group: RequestGroup, admitted: list[asyncio.Future]) -> RequestGroup:
+    """Wait until the engine has answered every add of `group`: the group, or the first refusal
+    raised with the whole group aborted (also when the caller is cancelled while it waits)."""
+    try:
+        results = await asyncio.gather(*admitted, return_exceptions=True)
+    except BaseException:  # cancelled while waiting
+        group.abort()
+        raise
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        group.abort()
+        raise errors[0]
+    return group
 
 
 def _deliver(items: list) -> None:

@@ -32,7 +32,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .async_engine import EngineError, RequestGroup, _deliver, _settle, _Sink
+from .async_engine import EngineError, RequestGroup, _deliver, _settle, _Sink, admitted_group
 from .request import Metrics, RequestOutput
 from .sampling import SamplingParams
 
@@ -163,16 +163,7 @@ class ProcessEngine:
                 prompt if isinstance(prompt, str) else None,
             )
             self._send(("add", rid, prompt, params))
-        try:
-            results = await asyncio.gather(*admitted, return_exceptions=True)
-        except BaseException:
-            group.abort()
-            raise
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            group.abort()
-            raise errors[0]
-        return group
+        return await admitted_group(group, admitted)
 
     def abort(self, request_id: str) -> None:
         self._tracked.pop(request_id, None)
