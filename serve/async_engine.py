@@ -129,14 +129,10 @@ class AsyncEngine:
     async def submit(self, requests: list[tuple[str | list[int], SamplingParams, str]]) -> RequestGroup:
         """Admit (prompt, params, request_id) requests as one group (an HTTP request's choices).
         Raises ValueError, with nothing left running, when the engine rejects any of them."""
-        if not self.running or self._stop is not None:
-            raise EngineError("the engine is not running (the server is shutting down)")
-        loop = asyncio.get_running_loop()
-        group = RequestGroup(self, [rid for _, _, rid in requests])
-        admitted = [loop.create_future() for _ in requests]
-        for i, ((prompt, params, rid), fut) in enumerate(zip(requests, admitted, strict=True)):
-            self._send(("add", rid, prompt, params, _Sink(loop, group.queue, i), fut))
-        return await admitted_group(group, admitted)
+        return await submit_group(
+            self, requests, self.running and self._stop is None,
+            lambda rid, prompt, params, sink, fut: self._send(("add", rid, prompt, params, sink, fut)),
+        )  # fmt: skip
 
     # --- the engine thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -206,9 +202,21 @@ class AsyncEngine:
             self.on_step(self.engine, outputs)
 
 
-async def admitted_group(group: RequestGroup, admitted: list[asyncio.Future]) -> RequestGroup:
-    """Wait until the engine has answered every add of `group`: the group, or the first refusal
-    raised with the whole group aborted (also when the caller is cancelled while it waits)."""
+async def submit_group(
+    runner, requests: list[tuple[str | list[int], SamplingParams, str]], accepting: bool,
+    send: Callable[[str, str | list[int], SamplingParams, _Sink, asyncio.Future], None],
+) -> RequestGroup:  # fmt: skip
+    """Both runners' `submit`: hand each (prompt, params, request_id) to the engine with `send(id,
+    prompt, params, sink, admitted)`, wait until the engine has answered every one, and return the
+    group; or raise the first refusal with the whole group aborted (also when the caller is
+    cancelled while it waits). `accepting`: whether the runner takes requests now."""
+    if not accepting:
+        raise EngineError("the engine is not running (the server is shutting down)")
+    loop = asyncio.get_running_loop()
+    group = RequestGroup(runner, [rid for _, _, rid in requests])
+    admitted = [loop.create_future() for _ in requests]
+    for i, ((prompt, params, rid), fut) in enumerate(zip(requests, admitted, strict=True)):
+        send(rid, prompt, params, _Sink(loop, group.queue, i), fut)
     try:
         results = await asyncio.gather(*admitted, return_exceptions=True)
     except BaseException:  # cancelled while waiting

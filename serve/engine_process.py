@@ -32,7 +32,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .async_engine import EngineError, RequestGroup, _deliver, _settle, _Sink, admitted_group
+from .async_engine import EngineError, RequestGroup, _deliver, _settle, _Sink, submit_group
 from .request import Metrics, RequestOutput
 from .sampling import SamplingParams
 
@@ -151,19 +151,13 @@ class ProcessEngine:
     async def submit(self, requests: list[tuple[str | list[int], SamplingParams, str]]) -> RequestGroup:
         """Admit (prompt, params, request_id) requests as one group. Raises ValueError, with
         nothing left running, when the engine rejects any of them."""
-        if not self.running or self._stop is not None:
-            raise EngineError("the engine is not running (the server is shutting down)")
-        loop = asyncio.get_running_loop()
-        group = RequestGroup(self, [rid for _, _, rid in requests])
-        admitted = [loop.create_future() for _ in requests]
-        for i, ((prompt, params, rid), fut) in enumerate(zip(requests, admitted, strict=True)):
-            self._admitting[rid] = (
-                _Sink(loop, group.queue, i),
-                fut,
-                prompt if isinstance(prompt, str) else None,
-            )
-            self._send(("add", rid, prompt, params))
-        return await admitted_group(group, admitted)
+        return await submit_group(self, requests, self.running and self._stop is None, self._send_add)
+
+    def _send_add(
+        self, rid: str, prompt, params: SamplingParams, sink: _Sink, admitted: asyncio.Future
+    ) -> None:
+        self._admitting[rid] = (sink, admitted, prompt if isinstance(prompt, str) else None)
+        self._send(("add", rid, prompt, params))
 
     def abort(self, request_id: str) -> None:
         self._tracked.pop(request_id, None)
