@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -145,3 +146,26 @@ def test_a_signal_stops_with_a_checkpoint_a_nonzero_exit_and_the_resume_line(tmp
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"position": step}]  # data position
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert max(r["step"] for r in rows) <= step
+
+
+class SigtermAfterTheStopCallback(L.Callback):
+    """Plays a SIGTERM that lands just after StopOnSignal looked at step `at`: Lightning's flag goes
+    up behind its back, and Lightning raises SIGTERMException before the next step."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.at:
+            trainer._signal_connector.received_sigterm = True
+
+
+def test_a_sigterm_the_stop_callback_did_not_see_still_leaves_last_ckpt_at_the_step(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = config_from_dict(tiny_run(run_dir, trainer={"max_steps": 50, "checkpoint_every": 1000}))
+    result = train(cfg, callbacks=[SigtermAfterTheStopCallback(at=4)])
+    assert result["status"] == "interrupted" and result["message"] == "stopped by SIGTERM at step 4"
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"position": 4}]
+    assert train(cfg, resume=True)["step"] == 50  # and the run goes on from there

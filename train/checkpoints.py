@@ -60,11 +60,14 @@ class StopOnSignal(L.Callback):
 
     The first Ctrl-C asks for the stop (a second one interrupts at once); SIGTERM is Lightning's
     (it raises SIGTERMException, a SystemExit, at the next step, which train() turns into an
-    "interrupted" result). Either way last.ckpt holds the step the run stopped at."""
+    "interrupted" result). Either way last.ckpt holds the step the run stopped at: a SIGTERM that
+    Lightning acts on before this callback sees it (one that lands after this step's
+    on_train_batch_end, in validation, or between accumulated batches) is saved by `save_if_missed`."""
 
     def __init__(self, last: Path):
         self.last = last
         self.signal: int | None = None
+        self.saved = False
         self.previous = None
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -82,7 +85,16 @@ class StopOnSignal(L.Callback):
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
         if self.signal is not None and stepped and not trainer.should_stop:
             trainer.save_checkpoint(self.last)
+            self.saved = True
             trainer.should_stop = True
+
+    def save_if_missed(self, trainer) -> None:
+        """After Lightning's SIGTERMException: the last finished optimizer step, unless saved above.
+        (The exception only comes between steps, so the weights and the data position agree.)"""
+        self.signal = self.signal or signal.SIGTERM
+        if not self.saved:
+            trainer.save_checkpoint(self.last)
+            self.saved = True
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if self.previous is not None:

@@ -19,7 +19,6 @@ and write the result.
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,7 +129,7 @@ def fit(trainer: L.Trainer, module, datamodule, ckpt_path: str | None, stop: Sto
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:  # Lightning's way out after SIGTERM (a SystemExit with status 0)
-        stop.signal = stop.signal or signal.SIGTERM
+        stop.save_if_missed(trainer)
 
 
 def run_status(cfg: TrainConfig, trainer: L.Trainer, module: CausalLMModule, stop: StopOnSignal):
