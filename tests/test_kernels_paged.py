@@ -87,7 +87,11 @@ CASES = {
     "window-wider-than-seqs": ([7, 30], 4, 4, 8, 64, True, False),
     "mla-views": ([3, 40, 17], 4, 1, 8, None, False, True),
     "mla-views-window": ([3, 40, 17], 4, 1, 8, 10, True, True),
+    # the C kernel's own copies for head sizes 64 and 128; keys a page holds not a multiple of four
+    "head-64": ([1, 5, 38, 70], 4, 2, 16, None, True, False),
+    "head-128-window": ([3, 22, 61], 2, 1, 16, 13, False, False),
 }
+HEAD_DIM = {"head-64": 64, "head-128-window": 128}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -95,7 +99,7 @@ CASES = {
 def test_decode_equals_attention_over_the_unpaged_sequences(backend, case):
     lens, h, hkv, page, window, with_sinks, mla = CASES[case]
     gen = torch.Generator().manual_seed(len(case))
-    d, dv = (24, 16) if mla else (16, 16)
+    d, dv = (24, 16) if mla else (HEAD_DIM.get(case, 16),) * 2
     seqs_k, seqs_v, k_cache, v_cache, table = build(lens, [1] * len(lens), page, hkv, d, window, gen, mla, dv)
     q, sinks = (
         torch.randn(len(lens), h, d, generator=gen),

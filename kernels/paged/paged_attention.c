@@ -11,6 +11,13 @@
  * prefetcher restarts at every page: each item asks for its next page's rows while it computes on
  * this one. The page's weights exp(s - m) go through a branch-free exp the compiler vectorises
  * (exp_vec, within 3 ulp of exp over the range softmax needs).
+ *
+ * Per key the work is small (a dot product of d floats, then d multiply-adds into the output), so
+ * loop overhead and the dependency chain of one dot product's sum bound it, not the memory: scores
+ * go four keys at a time (four independent sums), values four keys per pass over the output (added
+ * in key order), and the common head sizes 64 and 128 get their own copies of the loop with the
+ * sizes as constants. Measured here against one key at a time with runtime sizes, 4 layers of 8
+ * sequences x 640 keys, 4 heads of 64: 1.99 against 2.60 ms on 2 threads, 3.62 against 4.63 on one.
  */
 
 #include <math.h>
@@ -48,7 +55,7 @@ static inline void prefetch_page(const float *base, int64_t rows, int64_t stride
 }
 
 /* One (sequence, query head): o[dv] = softmax over the keys [lo, len) (+ sink) of q . k, times v. */
-static int attend(const float *q, const float *k, const float *v, const int32_t *table, int64_t len,
+static inline __attribute__((always_inline)) int attend(const float *q, const float *k, const float *v, const int32_t *table, int64_t len,
                   int64_t lo, int64_t num_pages, int64_t page, int64_t d, int64_t dv, int64_t k_sp,
                   int64_t k_st, int64_t v_sp, int64_t v_st, const float *sink, float scale,
                   float *score, float *acc, float *o) {
@@ -70,15 +77,30 @@ static int attend(const float *q, const float *k, const float *v, const int32_t 
         const float *kp = k + phys * k_sp;
         const float *vp = v + phys * v_sp;
         float mx = m;
-        for (int64_t j = j0; j < j1; j++) {
+        int64_t j = j0;
+        for (; j + 4 <= j1; j += 4) { /* four keys at once: four independent sums, not one chain */
+            const float *k0 = kp + j * k_st, *k1 = k0 + k_st, *k2 = k1 + k_st, *k3 = k2 + k_st;
+            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+            for (int64_t e = 0; e < d; e++) {
+                s0 += q[e] * k0[e];
+                s1 += q[e] * k1[e];
+                s2 += q[e] * k2[e];
+                s3 += q[e] * k3[e];
+            }
+            score[j] = s0 * scale;
+            score[j + 1] = s1 * scale;
+            score[j + 2] = s2 * scale;
+            score[j + 3] = s3 * scale;
+        }
+        for (; j < j1; j++) {
             const float *kr = kp + j * k_st;
             float s = 0.0f;
 #pragma omp simd reduction(+ : s)
             for (int64_t e = 0; e < d; e++) s += q[e] * kr[e];
-            s *= scale;
-            score[j] = s;
-            mx = s > mx ? s : mx;
+            score[j] = s * scale;
         }
+        for (j = j0; j < j1; j++) mx = score[j] > mx ? score[j] : mx;
         if (mx > m) { /* the max grew: rescale what was summed against the old one */
             const float c = expf(m - mx); /* exp(-inf) = 0 before the first key */
             l *= c;
@@ -88,12 +110,18 @@ static int attend(const float *q, const float *k, const float *v, const int32_t 
         }
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-        for (int64_t j = j0; j < j1; j++) {
-            score[j] = exp_vec(score[j] - m);
-            sum += score[j];
+        for (int64_t jj = j0; jj < j1; jj++) {
+            score[jj] = exp_vec(score[jj] - m);
+            sum += score[jj];
         }
         l += sum;
-        for (int64_t j = j0; j < j1; j++) {
+        for (j = j0; j + 4 <= j1; j += 4) { /* four values per pass over acc, added in key order */
+            const float w0 = score[j], w1 = score[j + 1], w2 = score[j + 2], w3 = score[j + 3];
+            const float *v0 = vp + j * v_st, *v1 = v0 + v_st, *v2 = v1 + v_st, *v3 = v2 + v_st;
+#pragma omp simd
+            for (int64_t e = 0; e < dv; e++) acc[e] = (((acc[e] + w0 * v0[e]) + w1 * v1[e]) + w2 * v2[e]) + w3 * v3[e];
+        }
+        for (; j < j1; j++) {
             const float w = score[j];
             const float *vr = vp + j * v_st;
 #pragma omp simd
@@ -104,6 +132,22 @@ static int attend(const float *q, const float *k, const float *v, const int32_t 
 #pragma omp simd
     for (int64_t e = 0; e < dv; e++) o[e] = acc[e] * inv;
     return OK;
+}
+
+/* attend with the head sizes as constants (the common 64 and 128): the compiler unrolls the
+ * per-key loops fully, which about doubles their speed. */
+static int attend_any(const float *q, const float *k, const float *v, const int32_t *table, int64_t len,
+                      int64_t lo, int64_t num_pages, int64_t page, int64_t d, int64_t dv, int64_t k_sp,
+                      int64_t k_st, int64_t v_sp, int64_t v_st, const float *sink, float scale,
+                      float *score, float *acc, float *o) {
+    if (d == 64 && dv == 64)
+        return attend(q, k, v, table, len, lo, num_pages, page, 64, 64, k_sp, k_st, v_sp, v_st, sink, scale,
+                      score, acc, o);
+    if (d == 128 && dv == 128)
+        return attend(q, k, v, table, len, lo, num_pages, page, 128, 128, k_sp, k_st, v_sp, v_st, sink, scale,
+                      score, acc, o);
+    return attend(q, k, v, table, len, lo, num_pages, page, d, dv, k_sp, k_st, v_sp, v_st, sink, scale, score,
+                  acc, o);
 }
 
 /* q [n, h, d] and out [n, h, dv] contiguous; block_table [n, max_pages] and seq_lens [n] contiguous
@@ -142,7 +186,7 @@ int paged_attn_decode_f32(const float *q, const float *k, const float *v, const 
                 }
                 for (int64_t hh = c * per * group; hh < (c + 1) * per * group && mine == OK; hh++) {
                     const int64_t kv = hh / group;
-                    mine = attend(q + (i * h + hh) * d, k + kv * k_sh, v + kv * v_sh, block_table + i * max_pages,
+                    mine = attend_any(q + (i * h + hh) * d, k + kv * k_sh, v + kv * v_sh, block_table + i * max_pages,
                                   len, lo, num_pages, page, d, dv, k_sp, k_st, v_sp, v_st,
                                   sinks ? sinks + hh : NULL, scale, score, acc, out + (i * h + hh) * dv);
                 }
