@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import importlib
 
+from .common import quiet_torchao_import
+
+quiet_torchao_import()  # warnings that importing torchao logs, none about the run (common/quiet.py)
+
 __all__ = ["AttnLabConfig", "AttnLabForCausalLM", "AttnLabModel"]
 __version__ = "0.1.0"
 

@@ -1,12 +1,13 @@
 """Helpers every layer may use, importing nothing from attnlab: field validators and argparse
 types (`validators`), the one registration idiom (`registry`), lazily loaded public names (`lazy`),
-units (`units`).
+units (`units`), the filters for other libraries' start-up noise (`quiet`).
 
 The bottom of the dependency order (docs/architecture.md): kernels, archs and every job import
 from here; nothing here imports them.
 """
 
 from .lazy import lazy_exports
+from .quiet import quiet_torchao_import
 from .registry import Registry
 from .units import human_bytes
 from .validators import (
@@ -40,4 +41,5 @@ __all__ = [
     "is_number",
     "lazy_exports",
     "positive_int",
+    "quiet_torchao_import",
 ]
