@@ -55,10 +55,10 @@ static inline void prefetch_page(const float *base, int64_t rows, int64_t stride
 }
 
 /* One (sequence, query head): o[dv] = softmax over the keys [lo, len) (+ sink) of q . k, times v. */
-static inline __attribute__((always_inline)) int attend(const float *q, const float *k, const float *v, const int32_t *table, int64_t len,
-                  int64_t lo, int64_t num_pages, int64_t page, int64_t d, int64_t dv, int64_t k_sp,
-                  int64_t k_st, int64_t v_sp, int64_t v_st, const float *sink, float scale,
-                  float *score, float *acc, float *o) {
+static inline __attribute__((always_inline)) int
+attend(const float *q, const float *k, const float *v, const int32_t *table, int64_t len, int64_t lo,
+       int64_t num_pages, int64_t page, int64_t d, int64_t dv, int64_t k_sp, int64_t k_st, int64_t v_sp,
+       int64_t v_st, const float *sink, float scale, float *score, float *acc, float *o) {
     float m = sink ? *sink : -INFINITY;
     float l = sink ? 1.0f : 0.0f;
     memset(acc, 0, (size_t)dv * sizeof(float));
@@ -119,7 +119,8 @@ static inline __attribute__((always_inline)) int attend(const float *q, const fl
             const float w0 = score[j], w1 = score[j + 1], w2 = score[j + 2], w3 = score[j + 3];
             const float *v0 = vp + j * v_st, *v1 = v0 + v_st, *v2 = v1 + v_st, *v3 = v2 + v_st;
 #pragma omp simd
-            for (int64_t e = 0; e < dv; e++) acc[e] = (((acc[e] + w0 * v0[e]) + w1 * v1[e]) + w2 * v2[e]) + w3 * v3[e];
+            for (int64_t e = 0; e < dv; e++)
+                acc[e] = (((acc[e] + w0 * v0[e]) + w1 * v1[e]) + w2 * v2[e]) + w3 * v3[e];
         }
         for (; j < j1; j++) {
             const float w = score[j];
@@ -135,7 +136,8 @@ static inline __attribute__((always_inline)) int attend(const float *q, const fl
 }
 
 /* attend with the head sizes as constants (the common 64 and 128): the compiler unrolls the
- * per-key loops fully, which about doubles their speed. */
+ * per-key loops fully (measured: 1.93 against 2.42 ms for the same loops with runtime sizes, the
+ * case in the header). */
 static int attend_any(const float *q, const float *k, const float *v, const int32_t *table, int64_t len,
                       int64_t lo, int64_t num_pages, int64_t page, int64_t d, int64_t dv, int64_t k_sp,
                       int64_t k_st, int64_t v_sp, int64_t v_st, const float *sink, float scale,
@@ -186,9 +188,10 @@ int paged_attn_decode_f32(const float *q, const float *k, const float *v, const 
                 }
                 for (int64_t hh = c * per * group; hh < (c + 1) * per * group && mine == OK; hh++) {
                     const int64_t kv = hh / group;
-                    mine = attend_any(q + (i * h + hh) * d, k + kv * k_sh, v + kv * v_sh, block_table + i * max_pages,
-                                  len, lo, num_pages, page, d, dv, k_sp, k_st, v_sp, v_st,
-                                  sinks ? sinks + hh : NULL, scale, score, acc, out + (i * h + hh) * dv);
+                    mine = attend_any(q + (i * h + hh) * d, k + kv * k_sh, v + kv * v_sh,
+                                      block_table + i * max_pages, len, lo, num_pages, page, d, dv, k_sp,
+                                      k_st, v_sp, v_st, sinks ? sinks + hh : NULL, scale, score, acc,
+                                      out + (i * h + hh) * dv);
                 }
             }
         }
