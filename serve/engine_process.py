@@ -252,38 +252,51 @@ class ProcessEngine:
 
 
 # --- the engine process ---------------------------------------------------------------------------
+def build_engine(path, device: str | None, threads: int, options: dict):
+    """The LLMEngine either runner serves: torch on `threads` threads, freed memory kept in the heap
+    (prefill temporaries, docs/serving.md), the model at `path`, an EngineConfig of `options`."""
+    import torch
+
+    from ..kernels import keep_freed_memory
+    from .config import EngineConfig
+    from .engine import LLMEngine
+    from .llm import load_for_serving
+
+    torch.set_num_threads(threads)
+    keep_freed_memory()
+    config = EngineConfig(**options)  # bad options fail before the model loads
+    model, tokenizer = load_for_serving(path, device)
+    return LLMEngine(model, tokenizer, config)
+
+
+def engine_facts(engine) -> dict:
+    """What the server says and checks about an engine it does not hold (ProcessEngine.facts)."""
+    return {
+        "max_model_len": engine.max_model_len,
+        "vocab_size": engine.vocab_size,
+        "max_seqs": engine.cache.max_seqs,
+        "weight_bytes": engine.weight_bytes,
+    }
+
+
 def engine_main(conn, spec: EngineLaunch) -> None:
     """The engine process: build the engine, then step it and answer the server until told to stop
     or until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the server drains us
     try:
-        import torch
-
-        from ..kernels import keep_freed_memory, use_kernels
-        from .config import EngineConfig
-        from .engine import LLMEngine
-        from .llm import load_for_serving
+        from ..kernels import use_kernels
         from .server_metrics import ServerMetrics
 
-        torch.set_num_threads(spec.threads)
-        keep_freed_memory()  # this process is the engine's alone: prefill temporaries stay in the heap
         if spec.kernels is not None:
             use_kernels(spec.kernels)
-        config = EngineConfig(**spec.options)
-        model, tokenizer = load_for_serving(spec.path, spec.device)
-        engine = LLMEngine(model, tokenizer, config)
+        engine = build_engine(spec.path, spec.device, spec.threads, spec.options)
         metrics = ServerMetrics(spec.model_name)
         metrics.observe(engine, [])
     except Exception as e:  # tell the server why, in words
         conn.send(("failed", f"the engine could not start: {type(e).__name__}: {e}"))
         conn.close()
         return
-    facts = {
-        "max_model_len": engine.max_model_len,
-        "vocab_size": engine.vocab_size,
-        "max_seqs": engine.cache.max_seqs,
-        "weight_bytes": engine.weight_bytes,
-    }
+    facts, tokenizer = engine_facts(engine), engine.tokenizer
     conn.send(("ready", facts, tokenizer))
     try:
         _EngineLoop(conn, engine, metrics).run()

@@ -10,7 +10,6 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import uvicorn
 
 from ..common import human_bytes
@@ -54,20 +53,14 @@ def serve(options: ServeOptions, **engine_options) -> None:
         engine.launch()
         facts = engine.facts
     else:
-        from ..kernels import keep_freed_memory
-        from .engine import LLMEngine
-        from .llm import load_for_serving
+        from .engine_process import build_engine, engine_facts
 
         # On a thread, the engine shares the CPU with the HTTP loop: torch's OpenMP workers spin
         # while they wait, so every core would starve the loop (measured on 2 cores: 190 -> 392
         # output tok/s at 8 streaming clients with 1 thread instead of 2).
         threads = options.threads or max(1, cores - 1)
-        torch.set_num_threads(threads)
-        keep_freed_memory()  # prefill temporaries stay in the heap (docs/serving.md)
-        model, tokenizer = load_for_serving(options.path, options.device)
-        engine = LLMEngine(model, tokenizer, EngineConfig(**engine_options))
-        facts = {"max_model_len": engine.max_model_len, "max_seqs": engine.cache.max_seqs,
-                 "weight_bytes": engine.weight_bytes}  # fmt: skip
+        engine = build_engine(options.path, options.device, threads, engine_options)
+        facts = engine_facts(engine)
     app = build_app(engine, ServerOptions(name, options.api_key, options.max_body_bytes))
     where = "its own process" if options.engine_process else "a thread"
     print(
